@@ -1,0 +1,252 @@
+//! The Avro contracts and the codec that speaks Confluent's wire format through the registry.
+//!
+//! The `.avsc` files in `schemas/avro/` are the source of truth and are compiled into every
+//! binary. Event schemas refer to the shared `io.nectar.Envelope` by name; before a schema is
+//! registered or used, that reference is replaced by the envelope's definition, so what the
+//! registry holds is self-contained and any Confluent-compatible client can read it without
+//! schema references. Subjects follow TopicNameStrategy: `<topic>-value`.
+//!
+//! Values are `[0x00][schema id: u32 big-endian][Avro binary body]`.
+
+use std::time::Duration;
+
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects, post_schema};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+
+use crate::config::RegistryConfig;
+
+/// The shared envelope every event embeds.
+pub const ENVELOPE_AVSC: &str = include_str!("../../schemas/avro/envelope.avsc");
+const ENVELOPE_NAME: &str = "io.nectar.Envelope";
+
+/// One event schema from `schemas/avro/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSchema {
+    /// Full record name, e.g. `io.nectar.raw.FormSubmitted`.
+    pub name: &'static str,
+    /// File name in `schemas/avro/`.
+    pub file: &'static str,
+    /// The file's text, with the envelope still a reference.
+    pub avsc: &'static str,
+}
+
+pub const FORM_SUBMITTED: EventSchema = EventSchema {
+    name: "io.nectar.raw.FormSubmitted",
+    file: "form_submitted.avsc",
+    avsc: include_str!("../../schemas/avro/form_submitted.avsc"),
+};
+pub const WEBHOOK_RECEIVED: EventSchema = EventSchema {
+    name: "io.nectar.raw.WebhookReceived",
+    file: "webhook_received.avsc",
+    avsc: include_str!("../../schemas/avro/webhook_received.avsc"),
+};
+pub const APP_EVENT: EventSchema = EventSchema {
+    name: "io.nectar.raw.AppEvent",
+    file: "app_event.avsc",
+    avsc: include_str!("../../schemas/avro/app_event.avsc"),
+};
+
+/// Every event schema, for `nectar-schemas register` and the compatibility test.
+pub const ALL: &[EventSchema] = &[FORM_SUBMITTED, WEBHOOK_RECEIVED, APP_EVENT];
+
+impl EventSchema {
+    /// The self-contained schema JSON, envelope inlined.
+    pub fn resolved_json(&self) -> Json {
+        resolve(self.avsc, ENVELOPE_AVSC).unwrap_or_else(|e| panic!("{} is not valid: {e}", self.file))
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> Schema {
+        Schema::parse(&self.resolved_json()).unwrap_or_else(|e| panic!("{} is not valid Avro: {e}", self.file))
+    }
+
+    fn supplied(&self) -> SuppliedSchema {
+        SuppliedSchema::new(Some(self.name.to_owned()), SchemaType::Avro, self.resolved_json().to_string())
+    }
+}
+
+/// Inline the envelope definition into an event schema's text. Used on historical versions of
+/// the files too, so it takes both as text.
+pub fn resolve(event_avsc: &str, envelope_avsc: &str) -> Result<Json, String> {
+    let mut event: Json = serde_json::from_str(event_avsc).map_err(|e| e.to_string())?;
+    let envelope: Json = serde_json::from_str(envelope_avsc).map_err(|e| e.to_string())?;
+    let mut inlined = false;
+    inline_first(&mut event, ENVELOPE_NAME, &envelope, &mut inlined);
+    Ok(event)
+}
+
+/// Replace the first use of `name` as a type with `definition` (Avro allows a named type to be
+/// defined once; later uses stay references).
+fn inline_first(node: &mut Json, name: &str, definition: &Json, done: &mut bool) {
+    if *done {
+        return;
+    }
+    match node {
+        Json::String(s) if s == name => {
+            *node = definition.clone();
+            *done = true;
+        }
+        Json::Array(items) => items.iter_mut().for_each(|i| inline_first(i, name, definition, done)),
+        Json::Object(map) => {
+            // Only places that hold a type: `type`, `items`, `values`, and fields.
+            for key in ["type", "items", "values", "fields"] {
+                if let Some(v) = map.get_mut(key) {
+                    inline_first(v, name, definition, done);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The registry could not be reached or answered with a server error: try again later.
+    #[error("schema registry unavailable: {0}")]
+    Unavailable(String),
+    /// The registry refused the schema, or the value does not fit it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<SRCError> for CodecError {
+    fn from(e: SRCError) -> Self {
+        let text = match &e.cause {
+            Some(cause) => format!("{}: {cause}", e.error),
+            None => e.error.clone(),
+        };
+        if e.retriable { CodecError::Unavailable(text) } else { CodecError::Invalid(text) }
+    }
+}
+
+/// Encodes and decodes Confluent-framed Avro through the registry, caching schema ids.
+pub struct Codec {
+    settings: SrSettings,
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    auto_register: bool,
+    http: reqwest::Client,
+    config: RegistryConfig,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").field("url", &self.config.url).finish_non_exhaustive()
+    }
+}
+
+impl Codec {
+    pub fn new(config: &RegistryConfig) -> anyhow::Result<Self> {
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let mut builder = SrSettings::new_builder(config.url.trim_end_matches('/').to_owned());
+        builder.set_timeout(timeout).no_proxy();
+        if let Some(user) = &config.username {
+            builder.set_basic_authorization(user, config.password.as_ref().map(|p| p.expose().as_str()));
+        }
+        if let Some(token) = &config.bearer_token {
+            builder.set_token_authorization(token.expose());
+        }
+        let settings = builder.build().map_err(|e| anyhow::anyhow!("schema_registry: {e}"))?;
+        Ok(Self {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings.clone()),
+            settings,
+            auto_register: config.auto_register,
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            config: config.clone(),
+        })
+    }
+
+    fn strategy(&self, topic: &str, schema: &EventSchema) -> SubjectNameStrategy {
+        if self.auto_register {
+            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), false, schema.supplied())
+        } else {
+            SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false)
+        }
+    }
+
+    /// Register `schema` under `<topic>-value` with BACKWARD compatibility enforced by the
+    /// registry, and return its id. Idempotent: the same schema gets the same id.
+    pub async fn register(&self, topic: &str, schema: &EventSchema) -> Result<u32, CodecError> {
+        let subject = format!("{topic}-value");
+        self.set_compatibility(&subject, "BACKWARD").await?;
+        let registered = post_schema(&self.settings, subject, schema.supplied()).await?;
+        Ok(registered.id)
+    }
+
+    async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), CodecError> {
+        let url = format!("{}/config/{subject}", self.config.url.trim_end_matches('/'));
+        let mut request = self
+            .http
+            .put(url)
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .body(serde_json::json!({ "compatibility": level }).to_string());
+        if let Some(user) = &self.config.username {
+            request = request.basic_auth(user, self.config.password.as_ref().map(|p| p.expose()));
+        }
+        if let Some(token) = &self.config.bearer_token {
+            request = request.bearer_auth(token.expose());
+        }
+        let response = request.send().await.map_err(|e| CodecError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(CodecError::Unavailable(format!("PUT config/{subject}: {status}")));
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(CodecError::Invalid(format!("PUT config/{subject}: {status} {body}")));
+        }
+        Ok(())
+    }
+
+    /// Encode `item` for `topic` in Confluent wire format.
+    pub async fn encode<T: Serialize>(&self, topic: &str, schema: &EventSchema, item: &T) -> Result<Vec<u8>, CodecError> {
+        let result = self.encoder.encode_struct(item, &self.strategy(topic, schema)).await;
+        if result.as_ref().is_err_and(|e| e.cached) {
+            // Do not keep a refusal forever: the registry may be fixed without a restart.
+            self.encoder.remove_errors_from_cache();
+        }
+        Ok(result?)
+    }
+
+    /// Decode a Confluent-framed value to an Avro value.
+    pub async fn decode_value(&self, bytes: &[u8]) -> Result<apache_avro::types::Value, CodecError> {
+        Ok(self.decoder.decode(Some(bytes)).await?.value)
+    }
+
+    /// Decode a Confluent-framed value into `T`.
+    pub async fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let value = self.decode_value(bytes).await?;
+        apache_avro::from_value(&value).map_err(|e| CodecError::Invalid(e.to_string()))
+    }
+
+    /// Whether the registry answers.
+    pub async fn probe(&self) -> Result<(), String> {
+        get_all_subjects(&self.settings)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("schema registry: {}", CodecError::from(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_parses_with_the_envelope_inlined_once() {
+        for schema in ALL {
+            let json = schema.resolved_json().to_string();
+            assert_eq!(json.matches("\"name\":\"Envelope\"").count(), 1, "{}", schema.file);
+            let parsed = schema.schema();
+            assert_eq!(parsed.name().map(|n| n.fullname(None)), Some(schema.name.to_owned()));
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Test harness for Nectar's integration tests: the real local stack (`deploy/local/stack up`),
+//! a topic set per test, an in-process ingest service on a random port, and helpers to read
+//! records back and decode them through the registry.
+//!
+//! Addresses come from the same variables the services read (`NECTAR_KAFKA__BOOTSTRAP_SERVERS`,
+//! `NECTAR_SCHEMA_REGISTRY__URL`), with the local stack's defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nectar_core::config::{KafkaConfig, RawTopics, RegistryConfig};
+use nectar_core::kafka::{TopicSpec, ensure_topics};
+use nectar_ingest::config::{DEFAULTS, ServiceConfig};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+pub fn kafka_config() -> KafkaConfig {
+    let mut cfg = KafkaConfig::local();
+    if let Ok(servers) = std::env::var("NECTAR_KAFKA__BOOTSTRAP_SERVERS") {
+        cfg.bootstrap_servers = servers;
+    }
+    cfg
+}
+
+pub fn registry_config() -> RegistryConfig {
+    let mut cfg = RegistryConfig::local();
+    if let Ok(url) = std::env::var("NECTAR_SCHEMA_REGISTRY__URL") {
+        cfg.url = url;
+    }
+    cfg
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A random suffix so tests never share topics or subjects.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Fresh raw topics (3 partitions each) for one test.
+pub async fn fresh_topics() -> RawTopics {
+    let run = unique("t");
+    let topics = RawTopics {
+        forms: format!("{run}.raw.forms"),
+        webhooks: format!("{run}.raw.webhooks"),
+        apps: format!("{run}.raw.apps"),
+    };
+    let specs: Vec<TopicSpec> = [&topics.forms, &topics.webhooks, &topics.apps].iter().map(|t| TopicSpec::new(t.as_str(), 3)).collect();
+    ensure_topics(&kafka_config(), &specs).await.expect("the local stack is up (deploy/local/stack up)");
+    topics
+}
+
+/// The ingest configuration the tests start from: the shipped defaults, this test's topics,
+/// ephemeral ports, plus `extra` TOML (forms, keys, webhook sources).
+pub fn ingest_config(topics: &RawTopics, extra: &str) -> ServiceConfig {
+    use figment::providers::{Format, Serialized, Toml};
+    let figment = figment::Figment::from(Toml::string(DEFAULTS))
+        .merge(Toml::string(extra))
+        .merge(Serialized::default("kafka.bootstrap_servers", kafka_config().bootstrap_servers))
+        .merge(Serialized::default("schema_registry.url", registry_config().url))
+        .merge(Serialized::default("topics.forms", &topics.forms))
+        .merge(Serialized::default("topics.webhooks", &topics.webhooks))
+        .merge(Serialized::default("topics.apps", &topics.apps))
+        .merge(Serialized::default("ingest.listen", "127.0.0.1:0"))
+        .merge(Serialized::default("admin.listen", "127.0.0.1:0"))
+        .merge(Serialized::default("ingest.probe_interval_ms", 500));
+    nectar_core::config::from_figment(figment).expect("test config is valid")
+}
+
+/// An ingest service running in this process on a random port.
+#[derive(Debug)]
+pub struct TestIngest {
+    pub base: String,
+    pub admin: String,
+    pub state: nectar_ingest::AppState,
+    pub http: reqwest::Client,
+}
+
+impl TestIngest {
+    /// Start serving `config`; with `wait_ready`, return once `/readyz` says ready.
+    pub async fn start(config: ServiceConfig, wait_ready: bool) -> Self {
+        let (state, registry) = nectar_ingest::build(&config).expect("build ingest");
+        tokio::spawn(nectar_ingest::app::run_probes(state.clone(), config.schema_registry.auto_register));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = nectar_ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin_addr = admin_listener.local_addr().expect("addr");
+        let admin = nectar_core::admin::router(registry, state.readiness.clone());
+        tokio::spawn(async move { axum::serve(admin_listener, admin).await });
+        let ingest = Self {
+            base: format!("http://{addr}"),
+            admin: format!("http://{admin_addr}"),
+            state,
+            http: reqwest::Client::new(),
+        };
+        if wait_ready {
+            ingest.wait_ready(Duration::from_secs(60)).await;
+        }
+        ingest
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state.readiness.is_ready() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ingest not ready: {:?}", self.state.readiness.failing());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every record on `topic` (from the beginning), reading until `expected` records arrived or
+/// `settle` passed without a new one once at least `expected` are in.
+pub async fn read_topic(topic: &str, expected: usize) -> Vec<Record> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_topic_blocking(&topic, expected, Duration::from_secs(30)))
+        .await
+        .expect("reader thread")
+}
+
+fn read_topic_blocking(topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = nectar_core::kafka::client_config(&kafka_config(), "nectar-tests")
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + timeout;
+    // Once enough records are in, wait a little longer to catch any extra (duplicates).
+    let mut quiet_until: Option<Instant> = None;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                        .unwrap_or_default(),
+                });
+                if records.len() >= expected {
+                    quiet_until = Some(Instant::now() + Duration::from_millis(500));
+                }
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {
+                if records.len() >= expected && quiet_until.is_none_or(|t| Instant::now() >= t) {
+                    break;
+                }
+            }
+        }
+    }
+    records
+}
+
+/// How many records `topic` holds (sum of high watermarks: raw topics are not transactional).
+pub async fn count_records(topic: &str) -> i64 {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_config().bootstrap_servers)
+            .set("group.id", unique("counter"))
+            .create()
+            .expect("consumer");
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)).expect("watermarks");
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .expect("counter thread")
+}
+
+/// Total records over the three raw topics.
+pub async fn count_raw(topics: &RawTopics) -> i64 {
+    count_records(&topics.forms).await + count_records(&topics.webhooks).await + count_records(&topics.apps).await
+}
+
+/// A codec on the test registry.
+pub fn codec() -> nectar_core::schema::Codec {
+    nectar_core::schema::Codec::new(&registry_config()).expect("codec")
+}
