@@ -82,7 +82,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let status = if state.readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if state.readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(state.readiness.report())).into_response()
 }
 

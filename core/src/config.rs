@@ -111,13 +111,9 @@ impl KafkaConfig {
                 protocols.join(", ")
             ));
         }
-        if self.security_protocol.starts_with("SASL")
-            && (self.sasl_mechanism.is_none() || self.sasl_username.is_none())
+        if self.security_protocol.starts_with("SASL") && (self.sasl_mechanism.is_none() || self.sasl_username.is_none())
         {
-            errors.push(
-                "kafka.sasl_mechanism and kafka.sasl_username: required with a SASL security_protocol"
-                    .into(),
-            );
+            errors.push("kafka.sasl_mechanism and kafka.sasl_username: required with a SASL security_protocol".into());
         }
         if self.message_timeout_ms == 0 {
             errors.push("kafka.message_timeout_ms: must be greater than 0".into());
@@ -165,10 +161,7 @@ impl RegistryConfig {
 
     pub fn validate(&self, errors: &mut Vec<String>) {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            errors.push(format!(
-                "schema_registry.url: `{}` is not an http(s) URL",
-                self.url
-            ));
+            errors.push(format!("schema_registry.url: `{}` is not an http(s) URL", self.url));
         }
         if self.password.is_some() && self.username.is_none() {
             errors.push("schema_registry.username: required when a password is set".into());
@@ -287,17 +280,12 @@ pub fn figment(defaults: &str, path: Option<&Path>) -> Figment {
 }
 
 /// Load and validate a service configuration.
-pub fn load<T: DeserializeOwned + Validate>(
-    defaults: &str,
-    path: Option<&Path>,
-) -> Result<T, ConfigError> {
+pub fn load<T: DeserializeOwned + Validate>(defaults: &str, path: Option<&Path>) -> Result<T, ConfigError> {
     from_figment(figment(defaults, path))
 }
 
 pub fn from_figment<T: DeserializeOwned + Validate>(figment: Figment) -> Result<T, ConfigError> {
-    let config: T = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    let config: T = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
     let mut errors = Vec::new();
     config.validate(&mut errors);
     if errors.is_empty() {
@@ -308,6 +296,8 @@ pub fn from_figment<T: DeserializeOwned + Validate>(figment: Figment) -> Result<
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment::Error, which is large by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -328,8 +318,7 @@ mod tests {
             jail.create_file("nectar.toml", "[kafka]\nbootstrap_servers = \"file:9092\"\n")?;
             jail.set_env("NECTAR_SCHEMA_REGISTRY__URL", "http://registry:8081");
             jail.set_env("NECTAR_CONFIG", "ignored: no double underscore");
-            let config: TestConfig = load(DEFAULTS, Some(Path::new("nectar.toml")))
-                .map_err(|e| e.to_string())?;
+            let config: TestConfig = load(DEFAULTS, Some(Path::new("nectar.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.kafka.bootstrap_servers, "file:9092");
             assert_eq!(config.schema_registry.url, "http://registry:8081");
             Ok(())

@@ -95,7 +95,10 @@ mod tests {
             workspace_id: "acme".into(),
             lead_key: Some("abc".into()),
             trace_parent: None,
-            consent: Some(Consent { marketing: Some(true), ..Consent::default() }),
+            consent: Some(Consent {
+                marketing: Some(true),
+                ..Consent::default()
+            }),
         }
     }
 

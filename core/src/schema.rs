@@ -67,7 +67,11 @@ impl EventSchema {
     }
 
     fn supplied(&self) -> SuppliedSchema {
-        SuppliedSchema::new(Some(self.name.to_owned()), SchemaType::Avro, self.resolved_json().to_string())
+        SuppliedSchema::new(
+            Some(self.name.to_owned()),
+            SchemaType::Avro,
+            self.resolved_json().to_string(),
+        )
     }
 }
 
@@ -122,7 +126,11 @@ impl From<SRCError> for CodecError {
             Some(cause) => format!("{}: {cause}", e.error),
             None => e.error.clone(),
         };
-        if e.retriable { CodecError::Unavailable(text) } else { CodecError::Invalid(text) }
+        if e.retriable {
+            CodecError::Unavailable(text)
+        } else {
+            CodecError::Invalid(text)
+        }
     }
 }
 
@@ -138,7 +146,9 @@ pub struct Codec {
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Codec").field("url", &self.config.url).finish_non_exhaustive()
+        f.debug_struct("Codec")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,7 +204,10 @@ impl Codec {
         if let Some(token) = &self.config.bearer_token {
             request = request.bearer_auth(token.expose());
         }
-        let response = request.send().await.map_err(|e| CodecError::Unavailable(e.to_string()))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CodecError::Unavailable(e.to_string()))?;
         let status = response.status();
         if status.is_server_error() {
             return Err(CodecError::Unavailable(format!("PUT config/{subject}: {status}")));
@@ -207,7 +220,12 @@ impl Codec {
     }
 
     /// Encode `item` for `topic` in Confluent wire format.
-    pub async fn encode<T: Serialize>(&self, topic: &str, schema: &EventSchema, item: &T) -> Result<Vec<u8>, CodecError> {
+    pub async fn encode<T: Serialize>(
+        &self,
+        topic: &str,
+        schema: &EventSchema,
+        item: &T,
+    ) -> Result<Vec<u8>, CodecError> {
         let result = self.encoder.encode_struct(item, &self.strategy(topic, schema)).await;
         if result.as_ref().is_err_and(|e| e.cached) {
             // Do not keep a refusal forever: the registry may be fixed without a restart.

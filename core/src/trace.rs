@@ -53,7 +53,12 @@ mod tests {
 
     #[test]
     fn invalid_incoming_starts_a_new_trace() {
-        for bad in ["", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
             let out = child_or_new(Some(bad));
             assert!(parse(&out).is_some(), "{out}");
             assert!(!out.contains("4bf92f35"), "{out}");

@@ -51,8 +51,13 @@ pub async fn fresh_topics() -> RawTopics {
         webhooks: format!("{run}.raw.webhooks"),
         apps: format!("{run}.raw.apps"),
     };
-    let specs: Vec<TopicSpec> = [&topics.forms, &topics.webhooks, &topics.apps].iter().map(|t| TopicSpec::new(t.as_str(), 3)).collect();
-    ensure_topics(&kafka_config(), &specs).await.expect("the local stack is up (deploy/local/stack up)");
+    let specs: Vec<TopicSpec> = [&topics.forms, &topics.webhooks, &topics.apps]
+        .iter()
+        .map(|t| TopicSpec::new(t.as_str(), 3))
+        .collect();
+    ensure_topics(&kafka_config(), &specs)
+        .await
+        .expect("the local stack is up (deploy/local/stack up)");
     topics
 }
 
@@ -62,7 +67,10 @@ pub fn ingest_config(topics: &RawTopics, extra: &str) -> ServiceConfig {
     use figment::providers::{Format, Serialized, Toml};
     let figment = figment::Figment::from(Toml::string(DEFAULTS))
         .merge(Toml::string(extra))
-        .merge(Serialized::default("kafka.bootstrap_servers", kafka_config().bootstrap_servers))
+        .merge(Serialized::default(
+            "kafka.bootstrap_servers",
+            kafka_config().bootstrap_servers,
+        ))
         .merge(Serialized::default("schema_registry.url", registry_config().url))
         .merge(Serialized::default("topics.forms", &topics.forms))
         .merge(Serialized::default("topics.webhooks", &topics.webhooks))
@@ -86,7 +94,10 @@ impl TestIngest {
     /// Start serving `config`; with `wait_ready`, return once `/readyz` says ready.
     pub async fn start(config: ServiceConfig, wait_ready: bool) -> Self {
         let (state, registry) = nectar_ingest::build(&config).expect("build ingest");
-        tokio::spawn(nectar_ingest::app::run_probes(state.clone(), config.schema_registry.auto_register));
+        tokio::spawn(nectar_ingest::app::run_probes(
+            state.clone(),
+            config.schema_registry.auto_register,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = nectar_ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -113,7 +124,11 @@ impl TestIngest {
             if self.state.readiness.is_ready() {
                 return;
             }
-            assert!(Instant::now() < deadline, "ingest not ready: {:?}", self.state.readiness.failing());
+            assert!(
+                Instant::now() < deadline,
+                "ingest not ready: {:?}",
+                self.state.readiness.failing()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -155,10 +170,14 @@ fn read_topic_blocking(topic: &str, expected: usize, timeout: Duration) -> Vec<R
         .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let mut assignment = TopicPartitionList::new();
     for p in metadata.topics()[0].partitions() {
-        assignment.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition");
+        assignment
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
     let mut records = Vec::new();
@@ -175,7 +194,16 @@ fn read_topic_blocking(topic: &str, expected: usize, timeout: Duration) -> Vec<R
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: m
                         .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 });
                 if records.len() >= expected {
@@ -202,12 +230,16 @@ pub async fn count_records(topic: &str) -> i64 {
             .set("group.id", unique("counter"))
             .create()
             .expect("consumer");
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
         metadata.topics()[0]
             .partitions()
             .iter()
             .map(|p| {
-                let (low, high) = consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)).expect("watermarks");
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+                    .expect("watermarks");
                 high - low
             })
             .sum()

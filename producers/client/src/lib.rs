@@ -86,16 +86,27 @@ pub struct NectarProducer {
 
 impl std::fmt::Debug for NectarProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NectarProducer").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("NectarProducer")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
 impl NectarProducer {
-    pub fn new(kafka_cfg: &KafkaConfig, registry: &RegistryConfig, topics: RawTopics, client_id: &str) -> Result<Self, ProduceError> {
+    pub fn new(
+        kafka_cfg: &KafkaConfig,
+        registry: &RegistryConfig,
+        topics: RawTopics,
+        client_id: &str,
+    ) -> Result<Self, ProduceError> {
         let kafka = kafka::idempotent_producer(kafka_cfg, client_id)
             .map_err(|e| ProduceError::Rejected(format!("kafka: invalid client settings: {e}")))?;
         let codec = Codec::new(registry).map_err(|e| ProduceError::Rejected(e.to_string()))?;
-        Ok(Self { kafka, codec: Arc::new(codec), topics })
+        Ok(Self {
+            kafka,
+            codec: Arc::new(codec),
+            topics,
+        })
     }
 
     pub fn topics(&self) -> &RawTopics {
@@ -127,31 +138,49 @@ impl NectarProducer {
     }
 
     pub async fn send_form(&self, event: &FormSubmitted) -> Result<Delivery, ProduceError> {
-        self.send(&self.topics.forms, &schema::FORM_SUBMITTED, &event.envelope, event).await
+        self.send(&self.topics.forms, &schema::FORM_SUBMITTED, &event.envelope, event)
+            .await
     }
 
     pub async fn send_webhook(&self, event: &WebhookReceived) -> Result<Delivery, ProduceError> {
-        self.send(&self.topics.webhooks, &schema::WEBHOOK_RECEIVED, &event.envelope, event).await
+        self.send(&self.topics.webhooks, &schema::WEBHOOK_RECEIVED, &event.envelope, event)
+            .await
     }
 
     pub async fn send_app_event(&self, event: &AppEvent) -> Result<Delivery, ProduceError> {
-        self.send(&self.topics.apps, &schema::APP_EVENT, &event.envelope, event).await
+        self.send(&self.topics.apps, &schema::APP_EVENT, &event.envelope, event)
+            .await
     }
 
     /// Encode `item` and produce it keyed by the lead key (else the event id), with the event
     /// id and trace context as headers. Returns once the broker acknowledged it.
-    pub async fn send<T: Serialize>(&self, topic: &str, schema: &EventSchema, envelope: &Envelope, item: &T) -> Result<Delivery, ProduceError> {
+    pub async fn send<T: Serialize>(
+        &self,
+        topic: &str,
+        schema: &EventSchema,
+        envelope: &Envelope,
+        item: &T,
+    ) -> Result<Delivery, ProduceError> {
         let payload = self.codec.encode(topic, schema, item).await?;
         let key = envelope.lead_key.as_deref().unwrap_or(&envelope.event_id);
-        let mut headers = OwnedHeaders::new().insert(Header { key: EVENT_ID_HEADER, value: Some(envelope.event_id.as_str()) });
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: EVENT_ID_HEADER,
+            value: Some(envelope.event_id.as_str()),
+        });
         if let Some(tp) = &envelope.trace_parent {
-            headers = headers.insert(Header { key: trace::TRACEPARENT, value: Some(tp.as_str()) });
+            headers = headers.insert(Header {
+                key: trace::TRACEPARENT,
+                value: Some(tp.as_str()),
+            });
         }
         let record = FutureRecord::to(topic).key(key).payload(&payload).headers(headers);
         // The producer's own message.timeout.ms bounds the wait, so queue-full retries here are
         // bounded too.
         match self.kafka.send(record, Duration::from_secs(0)).await {
-            Ok(delivered) => Ok(Delivery { partition: delivered.partition, offset: delivered.offset }),
+            Ok(delivered) => Ok(Delivery {
+                partition: delivered.partition,
+                offset: delivered.offset,
+            }),
             Err((e, _)) => Err(classify(&e)),
         }
     }
@@ -241,7 +270,11 @@ impl AppEventBuilder {
             None => ids::new_event_id(),
         };
         let received_at = now_millis();
-        let lead_key = ids::lead_key(&self.workspace_id, self.email.as_deref(), self.anonymous_id.as_deref().or(self.user_id.as_deref()));
+        let lead_key = ids::lead_key(
+            &self.workspace_id,
+            self.email.as_deref(),
+            self.anonymous_id.as_deref().or(self.user_id.as_deref()),
+        );
         AppEvent {
             envelope: Envelope {
                 event_id,
@@ -280,8 +313,12 @@ mod tests {
 
     #[test]
     fn idempotency_key_makes_the_event_id_deterministic() {
-        let a = AppEventBuilder::new("acme", "crm", "deal.won").idempotency_key("k1").build();
-        let b = AppEventBuilder::new("acme", "crm", "deal.won").idempotency_key("k1").build();
+        let a = AppEventBuilder::new("acme", "crm", "deal.won")
+            .idempotency_key("k1")
+            .build();
+        let b = AppEventBuilder::new("acme", "crm", "deal.won")
+            .idempotency_key("k1")
+            .build();
         let c = AppEventBuilder::new("acme", "crm", "deal.won").build();
         assert_eq!(a.envelope.event_id, b.envelope.event_id);
         assert_ne!(a.envelope.event_id, c.envelope.event_id);
@@ -290,7 +327,13 @@ mod tests {
 
     #[test]
     fn secret_headers_are_not_kept() {
-        for h in ["Authorization", "Stripe-Signature", "X-Shopify-Hmac-Sha256", "X-Api-Key", "Cookie"] {
+        for h in [
+            "Authorization",
+            "Stripe-Signature",
+            "X-Shopify-Hmac-Sha256",
+            "X-Api-Key",
+            "Cookie",
+        ] {
             assert!(!keep_header(h), "{h}");
         }
         assert!(keep_header("X-Shopify-Topic"));

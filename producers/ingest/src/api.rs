@@ -44,7 +44,13 @@ impl ApiKeys {
                 .filter_map(|k| {
                     let mut hash = [0u8; 32];
                     hex::decode_to_slice(k.sha256.expose(), &mut hash).ok()?;
-                    Some((hash, Producer { name: k.name.clone(), workspace_id: k.workspace_id.clone() }))
+                    Some((
+                        hash,
+                        Producer {
+                            name: k.name.clone(),
+                            workspace_id: k.workspace_id.clone(),
+                        },
+                    ))
                 })
                 .collect(),
         )
@@ -59,7 +65,12 @@ impl ApiKeys {
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| AppError::unauthorized("missing_api_key", "send the producer API key as `Authorization: Bearer <key>` or `X-Api-Key`"))?;
+            .ok_or_else(|| {
+                AppError::unauthorized(
+                    "missing_api_key",
+                    "send the producer API key as `Authorization: Bearer <key>` or `X-Api-Key`",
+                )
+            })?;
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for (known, producer) in &self.0 {
@@ -67,7 +78,9 @@ impl ApiKeys {
                 found = Some(producer);
             }
         }
-        found.cloned().ok_or_else(|| AppError::forbidden("unknown_api_key", "the API key is not valid"))
+        found
+            .cloned()
+            .ok_or_else(|| AppError::forbidden("unknown_api_key", "the API key is not valid"))
     }
 }
 
@@ -106,12 +119,21 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, AppError
     let (parts, body) = request.into_parts();
     let producer = state.api_keys.authenticate(&parts.headers)?;
     if content_kind(&parts.headers) != Some(ContentKind::Json) {
-        return Err(AppError::unsupported_media_type(parts.headers.get("content-type").and_then(|v| v.to_str().ok()), "application/json"));
+        return Err(AppError::unsupported_media_type(
+            parts.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            "application/json",
+        ));
     }
     let config = &state.config.events;
     let body = read_body(body, &parts.headers, config.max_body_bytes).await?;
-    let value: Json_ = serde_json::from_slice(&body).map_err(|e| AppError::bad_request("malformed_body", format!("body is not valid JSON: {e}")))?;
-    let header_key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty());
+    let value: Json_ = serde_json::from_slice(&body)
+        .map_err(|e| AppError::bad_request("malformed_body", format!("body is not valid JSON: {e}")))?;
+    let header_key = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
     let traceparent = parts.headers.get(trace::TRACEPARENT).and_then(|v| v.to_str().ok());
 
     match value {
@@ -120,7 +142,14 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, AppError
                 return Err(AppError::bad_request("empty_batch", "the batch holds no events"));
             }
             if items.len() > config.max_batch {
-                return Err(AppError::bad_request("batch_too_large", format!("a batch may hold at most {} events; this one holds {}", config.max_batch, items.len())));
+                return Err(AppError::bad_request(
+                    "batch_too_large",
+                    format!(
+                        "a batch may hold at most {} events; this one holds {}",
+                        config.max_batch,
+                        items.len()
+                    ),
+                ));
             }
             let built: Vec<Result<AppEvent, AppError>> = items
                 .into_iter()
@@ -142,7 +171,11 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, AppError
             let event = build(&producer, item, header_key.map(str::to_owned), traceparent)?;
             state.ensure_ready()?;
             state.produce("events", state.producer.send_app_event(&event)).await?;
-            Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event.envelope.event_id }))).into_response())
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "event_id": event.envelope.event_id })),
+            )
+                .into_response())
         }
     }
 }
@@ -155,7 +188,11 @@ fn batch_response(results: Vec<Result<String, AppError>>) -> Response {
     } else {
         let mut failures = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.status));
         let first = failures.next().unwrap_or(StatusCode::BAD_REQUEST);
-        if accepted == 0 && failures.all(|s| s == first) { first } else { StatusCode::MULTI_STATUS }
+        if accepted == 0 && failures.all(|s| s == first) {
+            first
+        } else {
+            StatusCode::MULTI_STATUS
+        }
     };
     let items: Vec<Json_> = results
         .into_iter()
@@ -165,14 +202,27 @@ fn batch_response(results: Vec<Result<String, AppError>>) -> Response {
             Err(e) => json!({ "index": index, "status": e.status.as_u16(), "error": e.body() }),
         })
         .collect();
-    (status, Json(json!({ "accepted": accepted, "rejected": rejected, "results": items }))).into_response()
+    (
+        status,
+        Json(json!({ "accepted": accepted, "rejected": rejected, "results": items })),
+    )
+        .into_response()
 }
 
-fn build(producer: &Producer, item: Json_, idempotency_key: Option<String>, traceparent: Option<&str>) -> Result<AppEvent, AppError> {
-    let item: IncomingEvent = serde_json::from_value(item).map_err(|e| AppError::bad_request("invalid_event", format!("invalid event: {e}")))?;
+fn build(
+    producer: &Producer,
+    item: Json_,
+    idempotency_key: Option<String>,
+    traceparent: Option<&str>,
+) -> Result<AppEvent, AppError> {
+    let item: IncomingEvent = serde_json::from_value(item)
+        .map_err(|e| AppError::bad_request("invalid_event", format!("invalid event: {e}")))?;
     let event_type = item.event_type.trim();
     if event_type.is_empty() || event_type.len() > 128 {
-        return Err(AppError::bad_request("invalid_event", "field `type` must be 1 to 128 characters"));
+        return Err(AppError::bad_request(
+            "invalid_event",
+            "field `type` must be 1 to 128 characters",
+        ));
     }
     let mut builder = AppEventBuilder::new(&producer.workspace_id, &producer.name, event_type);
     if let Some(key) = item.idempotency_key.or(idempotency_key) {
@@ -183,7 +233,10 @@ fn build(producer: &Producer, item: Json_, idempotency_key: Option<String>, trac
     }
     if let Some(email) = item.email.map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()) {
         if !valid_email(&email) {
-            return Err(AppError::bad_request("invalid_email", format!("field `email`: `{email}` is not a valid e-mail address")));
+            return Err(AppError::bad_request(
+                "invalid_email",
+                format!("field `email`: `{email}` is not a valid e-mail address"),
+            ));
         }
         builder = builder.email(email);
     }
@@ -203,7 +256,12 @@ fn build(producer: &Producer, item: Json_, idempotency_key: Option<String>, trac
 }
 
 fn parse_time(value: &Json_) -> Result<i64, AppError> {
-    let invalid = || AppError::bad_request("invalid_event", "field `occurred_at` must be RFC 3339 text or milliseconds since the epoch");
+    let invalid = || {
+        AppError::bad_request(
+            "invalid_event",
+            "field `occurred_at` must be RFC 3339 text or milliseconds since the epoch",
+        )
+    };
     match value {
         Json_::Number(n) => n.as_i64().filter(|ms| *ms >= 0).ok_or_else(invalid),
         Json_::String(s) => humantime::parse_rfc3339_weak(s)
@@ -229,11 +287,23 @@ mod tests {
 
     #[test]
     fn api_key_lookup_distinguishes_missing_from_unknown() {
-        let keys = ApiKeys(vec![(Sha256::digest(b"k-123").into(), Producer { name: "crm".into(), workspace_id: "acme".into() })]);
+        let keys = ApiKeys(vec![(
+            Sha256::digest(b"k-123").into(),
+            Producer {
+                name: "crm".into(),
+                workspace_id: "acme".into(),
+            },
+        )]);
         let mut headers = HeaderMap::new();
-        assert_eq!(keys.authenticate(&headers).err().map(|e| e.status), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            keys.authenticate(&headers).err().map(|e| e.status),
+            Some(StatusCode::UNAUTHORIZED)
+        );
         headers.insert("authorization", "Bearer nope".parse().expect("header"));
-        assert_eq!(keys.authenticate(&headers).err().map(|e| e.status), Some(StatusCode::FORBIDDEN));
+        assert_eq!(
+            keys.authenticate(&headers).err().map(|e| e.status),
+            Some(StatusCode::FORBIDDEN)
+        );
         headers.insert("authorization", "Bearer k-123".parse().expect("header"));
         assert_eq!(keys.authenticate(&headers).map(|p| p.name).ok().as_deref(), Some("crm"));
     }

@@ -44,7 +44,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,7 +90,11 @@ impl AppState {
 
     /// Await a send, recording its latency; on an unavailable dependency mark the service
     /// not ready so the next requests fail fast until the probe sees it back.
-    pub async fn produce<T>(&self, route: &str, send: impl std::future::Future<Output = Result<T, ProduceError>>) -> Result<T, AppError> {
+    pub async fn produce<T>(
+        &self,
+        route: &str,
+        send: impl std::future::Future<Output = Result<T, ProduceError>>,
+    ) -> Result<T, AppError> {
         let started = Instant::now();
         let result = send.await;
         self.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
@@ -111,10 +117,16 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let cors = match state.config.forms.allowed_origins.as_slice() {
         [] => CorsLayer::new().allow_origin(AllowOrigin::any()),
-        origins => CorsLayer::new().allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))),
+        origins => CorsLayer::new().allow_origin(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        )),
     }
     .allow_methods([Method::POST])
-    .allow_headers([axum::http::header::CONTENT_TYPE, "idempotency-key".parse().expect("static header name"), "traceparent".parse().expect("static header name")])
+    .allow_headers([
+        axum::http::header::CONTENT_TYPE,
+        "idempotency-key".parse().expect("static header name"),
+        "traceparent".parse().expect("static header name"),
+    ])
     .max_age(Duration::from_secs(3600));
 
     Router::new()
@@ -128,7 +140,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Metrics and the request timeout, per matched route.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let metrics = &state.metrics;
     metrics.in_flight.inc();
     let started = Instant::now();
@@ -138,8 +153,14 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         Err(_) => AppError::unavailable("the request timed out waiting for Kafka").into_response(),
     };
     metrics.in_flight.dec();
-    metrics.request_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
-    metrics.requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
+    metrics
+        .request_duration
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
     response
 }
 
@@ -159,7 +180,10 @@ async fn accept_webhook(state: &AppState, source: &str, request: Request) -> Res
         .ok_or_else(|| AppError::not_found("unknown_source", format!("webhook source `{source}` is not configured")))?;
     let body = read_body(body, &parts.headers, state.config.webhooks.max_body_bytes).await?;
     let url = public_url(&parts, state.config.public_base_url.as_deref());
-    let workspace_id = config.workspace_id.as_deref().unwrap_or(&state.config.default_workspace_id);
+    let workspace_id = config
+        .workspace_id
+        .as_deref()
+        .unwrap_or(&state.config.default_workspace_id);
     let delivery = Delivery {
         source,
         workspace_id,
@@ -173,7 +197,9 @@ async fn accept_webhook(state: &AppState, source: &str, request: Request) -> Res
         Outcome::Challenge(challenge) => Ok((StatusCode::OK, Json(json!({ "challenge": challenge }))).into_response()),
         Outcome::Events(records) => {
             state.ensure_ready()?;
-            let sends = records.iter().map(|r| state.produce("webhooks", state.producer.send_webhook(r)));
+            let sends = records
+                .iter()
+                .map(|r| state.produce("webhooks", state.producer.send_webhook(r)));
             for result in futures::future::join_all(sends).await {
                 result?;
             }
@@ -219,14 +245,21 @@ pub fn content_kind(headers: &HeaderMap) -> Option<ContentKind> {
 /// Read the whole body, refusing more than `limit` bytes with 413 (early when
 /// `Content-Length` already says so).
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, AppError> {
-    let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(AppError::too_large(limit));
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
             .any(|e| e.is::<http_body_util::LengthLimitError>());
-        if too_large { AppError::too_large(limit) } else { AppError::bad_request("malformed_body", format!("could not read the body: {e}")) }
+        if too_large {
+            AppError::too_large(limit)
+        } else {
+            AppError::bad_request("malformed_body", format!("could not read the body: {e}"))
+        }
     })
 }
 
@@ -268,7 +301,11 @@ pub async fn run_probes(state: AppState, auto_register: bool) {
 
         let mut registry = state.producer.codec().probe().await;
         if registry.is_ok() && !registered {
-            registry = state.producer.register_schemas().await.map_err(|e| format!("registering schemas: {e}"));
+            registry = state
+                .producer
+                .register_schemas()
+                .await
+                .map_err(|e| format!("registering schemas: {e}"));
             registered = registry.is_ok();
         }
         if let Err(e) = &registry {

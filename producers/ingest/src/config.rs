@@ -133,7 +133,9 @@ impl Validate for ServiceConfig {
         for (i, key) in ingest.events.api_keys.iter().enumerate() {
             let hash = key.sha256.expose();
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                errors.push(format!("ingest.events.api_keys[{i}].sha256: must be 64 hex digits (the SHA-256 of the key)"));
+                errors.push(format!(
+                    "ingest.events.api_keys[{i}].sha256: must be 64 hex digits (the SHA-256 of the key)"
+                ));
             }
             if key.name.trim().is_empty() {
                 errors.push(format!("ingest.events.api_keys[{i}].name: must not be empty"));

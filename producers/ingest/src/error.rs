@@ -17,7 +17,12 @@ pub struct AppError {
 
 impl AppError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -32,14 +37,26 @@ impl AppError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is larger than the limit of {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
     }
     pub fn unsupported_media_type(got: Option<&str>, expected: &str) -> Self {
         let got = got.unwrap_or("none");
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("content type `{got}` is not accepted here; send {expected}"))
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type `{got}` is not accepted here; send {expected}"),
+        )
     }
     pub fn rate_limited(retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many requests from this client; retry after {retry_after} s"));
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests from this client; retry after {retry_after} s"),
+        );
         e.retry_after = Some(retry_after);
         e
     }
@@ -65,7 +82,9 @@ impl IntoResponse for AppError {
         }
         let mut response = (self.status, Json(json!({ "error": self.body() }))).into_response();
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -48,7 +48,10 @@ async fn accept(state: &AppState, form_id: &str, request: Request) -> Result<Str
         && !config.allowed_origins.is_empty()
         && !config.allowed_origins.iter().any(|o| o == origin)
     {
-        return Err(AppError::forbidden("origin_not_allowed", format!("origin `{origin}` may not post forms")));
+        return Err(AppError::forbidden(
+            "origin_not_allowed",
+            format!("origin `{origin}` may not post forms"),
+        ));
     }
     let kind = content_kind(&parts.headers);
     if !matches!(kind, Some(ContentKind::Json | ContentKind::UrlEncoded)) {
@@ -60,7 +63,12 @@ async fn accept(state: &AppState, form_id: &str, request: Request) -> Result<Str
     let definition = match config.definitions.get(form_id) {
         Some(d) => d.clone(),
         None if config.accept_unknown_forms => Default::default(),
-        None => return Err(AppError::not_found("unknown_form", format!("form `{form_id}` is not configured"))),
+        None => {
+            return Err(AppError::not_found(
+                "unknown_form",
+                format!("form `{form_id}` is not configured"),
+            ));
+        }
     };
     let body = read_body(body, &parts.headers, config.max_body_bytes).await?;
     let (mut fields, consent) = match kind {
@@ -77,18 +85,30 @@ async fn accept(state: &AppState, form_id: &str, request: Request) -> Result<Str
 
     for required in &definition.required_fields {
         if fields.get(required).is_none_or(|v| v.trim().is_empty()) {
-            return Err(AppError::bad_request("missing_field", format!("field `{required}` is required")));
+            return Err(AppError::bad_request(
+                "missing_field",
+                format!("field `{required}` is required"),
+            ));
         }
     }
-    let email = fields.remove(EMAIL).map(|e| e.trim().to_owned()).filter(|e| !e.is_empty());
+    let email = fields
+        .remove(EMAIL)
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty());
     if let Some(email) = &email
         && !valid_email(email)
     {
-        return Err(AppError::bad_request("invalid_email", format!("field `email`: `{email}` is not a valid e-mail address")));
+        return Err(AppError::bad_request(
+            "invalid_email",
+            format!("field `email`: `{email}` is not a valid e-mail address"),
+        ));
     }
     state.ensure_ready()?;
 
-    let workspace_id = definition.workspace_id.clone().unwrap_or_else(|| state.config.default_workspace_id.clone());
+    let workspace_id = definition
+        .workspace_id
+        .clone()
+        .unwrap_or_else(|| state.config.default_workspace_id.clone());
     let source = format!("form:{form_id}");
     let headers = &parts.headers;
     let event_id = match header(headers, "idempotency-key") {
@@ -113,7 +133,10 @@ async fn accept(state: &AppState, form_id: &str, request: Request) -> Result<Str
         form_type: definition.form_type.clone(),
         email,
         page_url: fields.remove(PAGE_URL).filter(|v| !v.is_empty()),
-        referrer: fields.remove(REFERRER).filter(|v| !v.is_empty()).or_else(|| header(headers, "referer").map(str::to_owned)),
+        referrer: fields
+            .remove(REFERRER)
+            .filter(|v| !v.is_empty())
+            .or_else(|| header(headers, "referer").map(str::to_owned)),
         user_agent: header(headers, "user-agent").map(str::to_owned),
         client_ip: ip.map(|ip| ip.to_string()),
         anonymous_id,
@@ -124,22 +147,36 @@ async fn accept(state: &AppState, form_id: &str, request: Request) -> Result<Str
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Syntax only (RFC 5322 addr-spec as the `email_address` crate checks it) and a dot in the
 /// domain: a form is for reachable people, not `root@localhost`.
 pub fn valid_email(email: &str) -> bool {
     email.len() <= 254
-        && email_address::EmailAddress::parse_with_options(email, email_address::Options::default().without_display_text().without_domain_literal()).is_ok_and(|a| a.domain().contains('.'))
+        && email_address::EmailAddress::parse_with_options(
+            email,
+            email_address::Options::default()
+                .without_display_text()
+                .without_domain_literal(),
+        )
+        .is_ok_and(|a| a.domain().contains('.'))
 }
 
 type Parsed = (HashMap<String, String>, Option<Consent>);
 
 fn parse_json(body: &[u8]) -> Result<Parsed, AppError> {
-    let value: Json_ = serde_json::from_slice(body).map_err(|e| AppError::bad_request("malformed_body", format!("body is not valid JSON: {e}")))?;
+    let value: Json_ = serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request("malformed_body", format!("body is not valid JSON: {e}")))?;
     let Json_::Object(object) = value else {
-        return Err(AppError::bad_request("malformed_body", "body must be a JSON object of fields"));
+        return Err(AppError::bad_request(
+            "malformed_body",
+            "body must be a JSON object of fields",
+        ));
     };
     let mut pairs = Vec::with_capacity(object.len());
     let mut consent = Consent::default();
@@ -147,11 +184,17 @@ fn parse_json(body: &[u8]) -> Result<Parsed, AppError> {
     for (key, value) in object {
         if key == "consent" {
             let Json_::Object(flags) = value else {
-                return Err(AppError::bad_request("invalid_field", "field `consent` must be an object of booleans"));
+                return Err(AppError::bad_request(
+                    "invalid_field",
+                    "field `consent` must be an object of booleans",
+                ));
             };
             for (flag, v) in flags {
                 let Some(v) = v.as_bool() else {
-                    return Err(AppError::bad_request("invalid_field", format!("field `consent.{flag}` must be a boolean")));
+                    return Err(AppError::bad_request(
+                        "invalid_field",
+                        format!("field `consent.{flag}` must be a boolean"),
+                    ));
                 };
                 set_consent(&mut consent, &flag, v)?;
                 consent_given = true;
@@ -163,7 +206,12 @@ fn parse_json(body: &[u8]) -> Result<Parsed, AppError> {
             Json_::Number(n) => n.to_string(),
             Json_::Bool(b) => b.to_string(),
             Json_::Null => continue,
-            _ => return Err(AppError::bad_request("invalid_field", format!("field `{key}` must be a string, number or boolean"))),
+            _ => {
+                return Err(AppError::bad_request(
+                    "invalid_field",
+                    format!("field `{key}` must be a string, number or boolean"),
+                ));
+            }
         };
         pairs.push((key, text));
     }
@@ -186,20 +234,35 @@ fn collect(pairs: Vec<(String, String)>) -> Result<Parsed, AppError> {
     let mut consent_given = false;
     for (key, value) in pairs {
         if key.is_empty() || key.len() > MAX_FIELD_NAME {
-            return Err(AppError::bad_request("invalid_field", format!("field names must be 1 to {MAX_FIELD_NAME} characters")));
+            return Err(AppError::bad_request(
+                "invalid_field",
+                format!("field names must be 1 to {MAX_FIELD_NAME} characters"),
+            ));
         }
         if let Some(flag) = key.strip_prefix(CONSENT_PREFIX) {
-            let v = truthy(&value).ok_or_else(|| AppError::bad_request("invalid_field", format!("field `{key}`: `{value}` is not a yes/no value")))?;
+            let v = truthy(&value).ok_or_else(|| {
+                AppError::bad_request(
+                    "invalid_field",
+                    format!("field `{key}`: `{value}` is not a yes/no value"),
+                )
+            })?;
             set_consent(&mut consent, flag, v)?;
             consent_given = true;
             continue;
         }
-        fields.entry(key).and_modify(|v| {
-            v.push(',');
-        }).or_default().push_str(&value);
+        fields
+            .entry(key)
+            .and_modify(|v| {
+                v.push(',');
+            })
+            .or_default()
+            .push_str(&value);
     }
     if fields.len() > MAX_FIELDS {
-        return Err(AppError::bad_request("too_many_fields", format!("a form may carry at most {MAX_FIELDS} fields")));
+        return Err(AppError::bad_request(
+            "too_many_fields",
+            format!("a form may carry at most {MAX_FIELDS} fields"),
+        ));
     }
     Ok((fields, consent_given.then_some(consent)))
 }
@@ -220,7 +283,12 @@ fn set_consent(consent: &mut Consent, flag: &str, value: bool) -> Result<(), App
         "marketing" => &mut consent.marketing,
         "analytics" => &mut consent.analytics,
         "personalization" => &mut consent.personalization,
-        other => return Err(AppError::bad_request("invalid_field", format!("unknown consent flag `{other}` (marketing, analytics, personalization)"))),
+        other => {
+            return Err(AppError::bad_request(
+                "invalid_field",
+                format!("unknown consent flag `{other}` (marketing, analytics, personalization)"),
+            ));
+        }
     };
     *slot = Some(value);
     Ok(())
@@ -243,14 +311,23 @@ mod tests {
         for ok in ["ada@example.com", "a.b+tag@sub.example.co.uk"] {
             assert!(valid_email(ok), "{ok}");
         }
-        for bad in ["", "ada", "ada@", "@example.com", "ada@localhost", "Ada <ada@example.com>", "a@b@c.com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@localhost",
+            "Ada <ada@example.com>",
+            "a@b@c.com",
+        ] {
             assert!(!valid_email(bad), "{bad}");
         }
     }
 
     #[test]
     fn urlencoded_checkbox_groups_and_consent() {
-        let (fields, consent) = parse_urlencoded(b"interest=a&interest=b&consent_marketing=on&name=Ada").expect("parses");
+        let (fields, consent) =
+            parse_urlencoded(b"interest=a&interest=b&consent_marketing=on&name=Ada").expect("parses");
         assert_eq!(fields.get("interest").map(String::as_str), Some("a,b"));
         assert_eq!(consent.and_then(|c| c.marketing), Some(true));
         assert!(!fields.contains_key("consent_marketing"));
@@ -261,7 +338,8 @@ mod tests {
         assert!(parse_json(br#"{"a": {"b": 1}}"#).is_err());
         assert!(parse_json(br#"{"consent": {"spam": true}}"#).is_err());
         assert!(parse_json(br#"[1]"#).is_err());
-        let (fields, consent) = parse_json(br#"{"age": 42, "ok": true, "consent": {"analytics": false}}"#).expect("parses");
+        let (fields, consent) =
+            parse_json(br#"{"age": 42, "ok": true, "consent": {"analytics": false}}"#).expect("parses");
         assert_eq!(fields.get("age").map(String::as_str), Some("42"));
         assert_eq!(consent.and_then(|c| c.analytics), Some(false));
     }

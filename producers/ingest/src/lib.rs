@@ -33,14 +33,22 @@ pub use config::ServiceConfig;
 pub fn build(config: &ServiceConfig) -> anyhow::Result<(AppState, Registry)> {
     let registry = Registry::new();
     let metrics = metrics::IngestMetrics::new(&registry)?;
-    let producer = NectarProducer::new(&config.kafka, &config.schema_registry, config.topics.clone(), "nectar-ingest")?;
+    let producer = NectarProducer::new(
+        &config.kafka,
+        &config.schema_registry,
+        config.topics.clone(),
+        "nectar-ingest",
+    )?;
     let state = AppState::new(config.ingest.clone(), producer, Readiness::default(), metrics);
     Ok((state, registry))
 }
 
 /// Run the service until `shutdown` completes: answer in-flight requests, then flush the
 /// producer so nothing acknowledged to a client is left unsent.
-pub async fn serve(config: ServiceConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (state, registry) = build(&config)?;
     let probes = tokio::spawn(app::run_probes(state.clone(), config.schema_registry.auto_register));
 
@@ -48,7 +56,12 @@ pub async fn serve(config: ServiceConfig, shutdown: impl std::future::Future<Out
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let admin_task = tokio::spawn(admin::serve(config.admin.listen, registry, state.readiness.clone(), stopped(stop_rx.clone())));
+    let admin_task = tokio::spawn(admin::serve(
+        config.admin.listen,
+        registry,
+        state.readiness.clone(),
+        stopped(stop_rx.clone()),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.ingest.listen)
         .await

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use nectar_ingest::config::{DEFAULTS, ServiceConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "nectar-ingest", version, about = "Web forms, webhooks and app events in; Avro events on Kafka out.")]
+#[command(
+    name = "nectar-ingest",
+    version,
+    about = "Web forms, webhooks and app events in; Avro events on Kafka out."
+)]
 struct Cli {
     /// TOML configuration file; `NECTAR_*__*` environment variables override it.
     #[arg(long, short, env = "NECTAR_CONFIG")]
@@ -56,7 +60,12 @@ async fn main() -> ExitCode {
 }
 
 async fn register(config: &ServiceConfig) -> anyhow::Result<()> {
-    let producer = nectar_producer::NectarProducer::new(&config.kafka, &config.schema_registry, config.topics.clone(), "nectar-schemas")?;
+    let producer = nectar_producer::NectarProducer::new(
+        &config.kafka,
+        &config.schema_registry,
+        config.topics.clone(),
+        "nectar-schemas",
+    )?;
     producer.register_schemas().await?;
     println!("registered the raw event schemas");
     Ok(())

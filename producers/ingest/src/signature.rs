@@ -283,18 +283,11 @@ impl SignatureSpec {
     /// signatures, [`SignatureError::StaleTimestamp`] when the signature is authentic but the
     /// timestamp is outside the window. The signature is checked before the window, so
     /// `StaleTimestamp` is only ever reported for authentic requests.
-    pub fn verify(
-        &self,
-        req: &SignedRequest<'_>,
-        secrets: &[&[u8]],
-        now: SystemTime,
-    ) -> Result<(), SignatureError> {
-        let template = self
-            .checked_template()
-            .map_err(|reason| SignatureError::Malformed {
-                header: self.header.clone(),
-                reason: format!("invalid signature spec: {reason}"),
-            })?;
+    pub fn verify(&self, req: &SignedRequest<'_>, secrets: &[&[u8]], now: SystemTime) -> Result<(), SignatureError> {
+        let template = self.checked_template().map_err(|reason| SignatureError::Malformed {
+            header: self.header.clone(),
+            reason: format!("invalid signature spec: {reason}"),
+        })?;
 
         let raw = single_header(req.headers, &self.header)?;
         let (candidates, kv_timestamp) = match &self.key_values {
@@ -309,9 +302,7 @@ impl SignatureSpec {
                     let text = single_header(req.headers, name)?;
                     (text, parse_timestamp(name, text)?)
                 }
-                None => kv_timestamp.ok_or_else(|| {
-                    self.malformed("no timestamp element in the signature header")
-                })?,
+                None => kv_timestamp.ok_or_else(|| self.malformed("no timestamp element in the signature header"))?,
             }),
         };
 
@@ -385,10 +376,9 @@ impl SignatureSpec {
         match &self.key_values {
             None => signature,
             Some(kv) => match &self.timestamp {
-                Some(ts) if ts.header.is_none() => format!(
-                    "{}={ts_text},{}={signature}",
-                    kv.timestamp_key, kv.signature_key
-                ),
+                Some(ts) if ts.header.is_none() => {
+                    format!("{}={ts_text},{}={signature}", kv.timestamp_key, kv.signature_key)
+                }
                 _ => format!("{}={signature}", kv.signature_key),
             },
         }
@@ -408,11 +398,9 @@ impl SignatureSpec {
 
         check_header_name("header", &self.header)?;
         if !uses(Part::Body) {
-            return Err(
-                "message must contain {body}: a signature that does not cover the body \
+            return Err("message must contain {body}: a signature that does not cover the body \
                         authenticates nothing"
-                    .to_owned(),
-            );
+                .to_owned());
         }
         if let Some(kv) = &self.key_values {
             if kv.timestamp_key.is_empty() || kv.signature_key.is_empty() {
@@ -440,9 +428,7 @@ impl SignatureSpec {
             }
             None => {
                 if uses(Part::Timestamp) {
-                    return Err(
-                        "message contains {timestamp} but no timestamp is configured".to_owned(),
-                    );
+                    return Err("message contains {timestamp} but no timestamp is configured".to_owned());
                 }
             }
         }
@@ -454,8 +440,7 @@ impl SignatureSpec {
 
     /// Decode a header value that is exactly one signature (after the prefix).
     fn decode_single(&self, raw: &str) -> Result<Vec<u8>, SignatureError> {
-        self.decode_signature(raw)
-            .map_err(|reason| self.malformed(reason))
+        self.decode_signature(raw).map_err(|reason| self.malformed(reason))
     }
 
     fn decode_signature(&self, value: &str) -> Result<Vec<u8>, String> {
@@ -475,11 +460,7 @@ impl SignatureSpec {
 
     /// Parse `k=v,k=v`: every signature element (undecodable ones are skipped, so one good
     /// signature next to a garbled one still verifies) and the single timestamp element.
-    fn parse_key_values<'h>(
-        &self,
-        raw: &'h str,
-        kv: &KeyValueFormat,
-    ) -> Result<KeyValueParts<'h>, SignatureError> {
+    fn parse_key_values<'h>(&self, raw: &'h str, kv: &KeyValueFormat) -> Result<KeyValueParts<'h>, SignatureError> {
         let mut timestamp = None;
         let mut found = 0usize;
         let mut decoded = Vec::new();
@@ -505,10 +486,7 @@ impl SignatureSpec {
             return Err(self.malformed(format!("no {:?} signature", kv.signature_key)));
         }
         if decoded.is_empty() {
-            return Err(self.malformed(format!(
-                "no {:?} signature could be decoded",
-                kv.signature_key
-            )));
+            return Err(self.malformed(format!("no {:?} signature could be decoded", kv.signature_key)));
         }
         Ok((decoded, timestamp))
     }
@@ -603,13 +581,10 @@ fn single_header<'h>(headers: &'h http::HeaderMap, name: &str) -> Result<&'h str
             reason: "header appears more than once".to_owned(),
         });
     }
-    value
-        .to_str()
-        .map(str::trim)
-        .map_err(|_| SignatureError::Malformed {
-            header: name.to_owned(),
-            reason: "header value is not visible ASCII".to_owned(),
-        })
+    value.to_str().map(str::trim).map_err(|_| SignatureError::Malformed {
+        header: name.to_owned(),
+        reason: "header value is not visible ASCII".to_owned(),
+    })
 }
 
 /// A timestamp is 1 to 19 ASCII digits (no sign, no spaces, no fraction).
@@ -648,8 +623,7 @@ fn check_window(spec: &TimestampSpec, value: i64, now: SystemTime) -> Result<(),
 }
 
 fn compute(parts: &[Part], fields: &Fields<'_>, secret: &[u8]) -> [u8; 32] {
-    let mut mac =
-        <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     for part in parts {
         match part {
             Part::Literal(text) => mac.update(text.as_bytes()),
@@ -686,10 +660,7 @@ fn decode_documented_escapes(url: &str) -> String {
             }
         }
         // Copy one whole UTF-8 character.
-        let ch = url[i..]
-            .chars()
-            .next()
-            .expect("index is on a char boundary");
+        let ch = url[i..].chars().next().expect("index is on a char boundary");
         out.push(ch);
         i += ch.len_utf8();
     }
@@ -773,16 +744,10 @@ mod tests {
     fn header_names_are_case_insensitive() {
         let mut h = HeaderMap::new();
         h.insert("X-Slack-Signature", HeaderValue::from_static(SLACK_SIG));
-        h.insert(
-            "X-SLACK-REQUEST-TIMESTAMP",
-            HeaderValue::from_static("1531420618"),
-        );
+        h.insert("X-SLACK-REQUEST-TIMESTAMP", HeaderValue::from_static("1531420618"));
         let req = post("https://example.com/slack", &h, SLACK_BODY);
         let spec = SignatureSpec::slack_v0();
-        assert_eq!(
-            spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS)),
-            Ok(())
-        );
+        assert_eq!(spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS)), Ok(()));
     }
 
     #[test]
@@ -835,10 +800,7 @@ mod tests {
         let h = slack_headers(SLACK_SIG, "1531420618");
         let req = post("https://example.com/slack", &h, SLACK_BODY);
         let spec = SignatureSpec::slack_v0();
-        assert_eq!(
-            spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS + 300)),
-            Ok(())
-        );
+        assert_eq!(spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS + 300)), Ok(()));
         assert_eq!(
             spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS + 301)),
             Err(SignatureError::StaleTimestamp {
@@ -853,10 +815,7 @@ mod tests {
         let h = slack_headers(SLACK_SIG, "1531420618");
         let req = post("https://example.com/slack", &h, SLACK_BODY);
         let spec = SignatureSpec::slack_v0();
-        assert_eq!(
-            spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS - 300)),
-            Ok(())
-        );
+        assert_eq!(spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS - 300)), Ok(()));
         assert_eq!(
             spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS - 301)),
             Err(SignatureError::StaleTimestamp {
@@ -883,9 +842,7 @@ mod tests {
         let req = post("https://example.com/slack", &h, SLACK_BODY);
         assert_eq!(
             SignatureSpec::slack_v0().verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS)),
-            Err(SignatureError::MissingHeader(
-                "X-Slack-Signature".to_owned()
-            ))
+            Err(SignatureError::MissingHeader("X-Slack-Signature".to_owned()))
         );
     }
 
@@ -895,9 +852,7 @@ mod tests {
         let req = post("https://example.com/slack", &h, SLACK_BODY);
         assert_eq!(
             SignatureSpec::slack_v0().verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS)),
-            Err(SignatureError::MissingHeader(
-                "X-Slack-Request-Timestamp".to_owned()
-            ))
+            Err(SignatureError::MissingHeader("X-Slack-Request-Timestamp".to_owned()))
         );
     }
 
@@ -1006,11 +961,7 @@ mod tests {
             format!("t={STRIPE_TS},v1={STRIPE_V1},v1=bad_signature"),
             format!("t={STRIPE_TS},v1={STRIPE_V1_OLD},v1={STRIPE_V1},v0={bogus}"),
         ] {
-            assert_eq!(
-                stripe_verify(&header, &[STRIPE_SECRET], STRIPE_TS),
-                Ok(()),
-                "{header}"
-            );
+            assert_eq!(stripe_verify(&header, &[STRIPE_SECRET], STRIPE_TS), Ok(()), "{header}");
         }
     }
 
@@ -1028,11 +979,7 @@ mod tests {
     fn stripe_v0_is_ignored_downgrade() {
         // A *correct* HMAC under the v0 key must not be accepted: only v1 counts.
         let header = format!("t={STRIPE_TS},v0={STRIPE_V1}");
-        assert!(malformed(&stripe_verify(
-            &header,
-            &[STRIPE_SECRET],
-            STRIPE_TS
-        )));
+        assert!(malformed(&stripe_verify(&header, &[STRIPE_SECRET], STRIPE_TS)));
     }
 
     #[test]
@@ -1096,10 +1043,7 @@ mod tests {
             stripe_verify(&header, &[STRIPE_OLD_SECRET, b"whsec_other"], STRIPE_TS),
             Err(SignatureError::Mismatch)
         );
-        assert_eq!(
-            stripe_verify(&header, &[], STRIPE_TS),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(stripe_verify(&header, &[], STRIPE_TS), Err(SignatureError::Mismatch));
         // An empty secret is ignored, even when the request was signed with it.
         let h = HeaderMap::new();
         let req = post("https://example.com/stripe", &h, STRIPE_BODY);
@@ -1112,11 +1056,7 @@ mod tests {
         let h = slack_headers(SLACK_SIG, "1531420618");
         let req = post("https://example.com/slack", &h, SLACK_BODY);
         assert_eq!(
-            SignatureSpec::slack_v0().verify(
-                &req,
-                &[b"old-secret", SLACK_SECRET],
-                at_secs(SLACK_TS)
-            ),
+            SignatureSpec::slack_v0().verify(&req, &[b"old-secret", SLACK_SECRET], at_secs(SLACK_TS)),
             Ok(())
         );
     }
@@ -1125,10 +1065,7 @@ mod tests {
     fn stripe_two_v1_from_rolled_secrets_verify_with_either_secret() {
         let header = format!("t={STRIPE_TS},v1={STRIPE_V1},v1={STRIPE_V1_OLD}");
         assert_eq!(stripe_verify(&header, &[STRIPE_SECRET], STRIPE_TS), Ok(()));
-        assert_eq!(
-            stripe_verify(&header, &[STRIPE_OLD_SECRET], STRIPE_TS),
-            Ok(())
-        );
+        assert_eq!(stripe_verify(&header, &[STRIPE_OLD_SECRET], STRIPE_TS), Ok(()));
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1175,17 +1112,10 @@ mod tests {
     #[test]
     fn shopify_malformed_base64() {
         let spec = SignatureSpec::shopify();
-        for sig in [
-            "not base64!",
-            "S9aJ+5mrsitL91ZsSwTSgbOHV9ILgh5SVDjM5aEtb7Y",
-            "%%%",
-        ] {
+        for sig in ["not base64!", "S9aJ+5mrsitL91ZsSwTSgbOHV9ILgh5SVDjM5aEtb7Y", "%%%"] {
             let h = headers(&[("x-shopify-hmac-sha256", sig)]);
             let req = post("https://example.com/shopify", &h, SHOPIFY_BODY);
-            assert!(
-                malformed(&spec.verify(&req, &[SHOPIFY_SECRET], at_secs(0))),
-                "{sig}"
-            );
+            assert!(malformed(&spec.verify(&req, &[SHOPIFY_SECRET], at_secs(0))), "{sig}");
         }
     }
 
@@ -1214,14 +1144,8 @@ mod tests {
         let h = hubspot_headers(HUBSPOT_SIG, "15000000");
         let req = post(HUBSPOT_URL, &h, HUBSPOT_BODY);
         let spec = SignatureSpec::hubspot_v3();
-        assert_eq!(
-            spec.verify(&req, &[HUBSPOT_SECRET], at_millis(HUBSPOT_TS_MS)),
-            Ok(())
-        );
-        assert_eq!(
-            spec.sign(&req, HUBSPOT_SECRET, Some(HUBSPOT_TS_MS as i64)),
-            HUBSPOT_SIG
-        );
+        assert_eq!(spec.verify(&req, &[HUBSPOT_SECRET], at_millis(HUBSPOT_TS_MS)), Ok(()));
+        assert_eq!(spec.sign(&req, HUBSPOT_SECRET, Some(HUBSPOT_TS_MS as i64)), HUBSPOT_SIG);
     }
 
     #[test]
@@ -1236,10 +1160,7 @@ mod tests {
         );
         let mut get = post(HUBSPOT_URL, &h, HUBSPOT_BODY);
         get.method = "GET";
-        assert_eq!(
-            spec.verify(&get, &[HUBSPOT_SECRET], now),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(spec.verify(&get, &[HUBSPOT_SECRET], now), Err(SignatureError::Mismatch));
     }
 
     #[test]
@@ -1273,9 +1194,7 @@ mod tests {
         let req = post(HUBSPOT_URL, &h, HUBSPOT_BODY);
         assert_eq!(
             SignatureSpec::hubspot_v3().verify(&req, &[HUBSPOT_SECRET], at_millis(HUBSPOT_TS_MS)),
-            Err(SignatureError::MissingHeader(
-                "X-HubSpot-Request-Timestamp".to_owned()
-            ))
+            Err(SignatureError::MissingHeader("X-HubSpot-Request-Timestamp".to_owned()))
         );
     }
 
@@ -1284,7 +1203,8 @@ mod tests {
     // with others (%3D, %20, %25: kept). Expected value computed independently with Python hmac
     // after applying the table with a single-pass regex substitution.
     const HUBSPOT_BATCH: &[u8] = br#"[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,"subscriptionType":"contact.creation","attemptNumber":0,"objectId":123,"changeSource":"CRM","changeFlag":"NEW","appId":54321}]"#;
-    const HUBSPOT_ENCODED_URL: &str = "https://example.com/hook%3Fx?redirect=https%3A%2F%2Fx.io%2Fa%3Fb%3D1&who=%40me%2C%20you%21&keep=%252F";
+    const HUBSPOT_ENCODED_URL: &str =
+        "https://example.com/hook%3Fx?redirect=https%3A%2F%2Fx.io%2Fa%3Fb%3D1&who=%40me%2C%20you%21&keep=%252F";
     const HUBSPOT_ENCODED_SIG: &str = "pa3OG6F26FKAnOgRw71tyTdT3oRmpbsY5beVIYx5Mu4=";
 
     #[test]
@@ -1299,19 +1219,14 @@ mod tests {
         let now = at_millis(1_564_113_600_123);
         assert_eq!(spec.verify(&req, &[HUBSPOT_SECRET], now), Ok(()));
         // Lower-case escapes are equivalent (RFC 3986 §2.1).
-        let lower = HUBSPOT_ENCODED_URL
-            .replace("%3A", "%3a")
-            .replace("%2F", "%2f");
+        let lower = HUBSPOT_ENCODED_URL.replace("%3A", "%3a").replace("%2F", "%2f");
         let req = post(&lower, &h, HUBSPOT_BATCH);
         assert_eq!(spec.verify(&req, &[HUBSPOT_SECRET], now), Ok(()));
         // Without the decoding step the same request does not verify.
         let mut raw = SignatureSpec::hubspot_v3();
         raw.url_decode = false;
         let req = post(HUBSPOT_ENCODED_URL, &h, HUBSPOT_BATCH);
-        assert_eq!(
-            raw.verify(&req, &[HUBSPOT_SECRET], now),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(raw.verify(&req, &[HUBSPOT_SECRET], now), Err(SignatureError::Mismatch));
     }
 
     #[test]
@@ -1331,26 +1246,17 @@ mod tests {
     fn generic_derived_vector_verifies_and_signs() {
         let body = br#"{"event":"order.created","id":"ev_1"}"#;
         let sig = "sha256=3ecdfe3e9bbf49ae5313d46e841f9efb207f62176a2954f834058da0b15722de";
-        let h = headers(&[
-            ("x-nectar-signature", sig),
-            ("x-nectar-timestamp", "1700000000"),
-        ]);
+        let h = headers(&[("x-nectar-signature", sig), ("x-nectar-timestamp", "1700000000")]);
         let req = post("https://example.com/in", &h, body);
         let spec = SignatureSpec::generic_hmac_sha256();
         assert_eq!(
             spec.verify(&req, &[b"nectar-generic-secret"], at_secs(1_700_000_000)),
             Ok(())
         );
-        assert_eq!(
-            spec.sign(&req, b"nectar-generic-secret", Some(1_700_000_000)),
-            sig
-        );
+        assert_eq!(spec.sign(&req, b"nectar-generic-secret", Some(1_700_000_000)), sig);
         // Upper-case hex is accepted too.
         let upper = format!("sha256={}", sig[7..].to_uppercase());
-        let h = headers(&[
-            ("x-nectar-signature", &upper),
-            ("x-nectar-timestamp", "1700000000"),
-        ]);
+        let h = headers(&[("x-nectar-signature", &upper), ("x-nectar-timestamp", "1700000000")]);
         let req = post("https://example.com/in", &h, body);
         assert_eq!(
             spec.verify(&req, &[b"nectar-generic-secret"], at_secs(1_700_000_000)),
@@ -1363,16 +1269,8 @@ mod tests {
         let body = br#"[{"id":1},{"id":2}]"#;
         let url = "https://ingest.example.com/hooks/x?a=1&b=%3A";
         let cases = [
-            (
-                SignatureSpec::stripe(),
-                1_700_000_000_i64,
-                at_secs(1_700_000_000),
-            ),
-            (
-                SignatureSpec::slack_v0(),
-                1_700_000_000,
-                at_secs(1_700_000_000),
-            ),
+            (SignatureSpec::stripe(), 1_700_000_000_i64, at_secs(1_700_000_000)),
+            (SignatureSpec::slack_v0(), 1_700_000_000, at_secs(1_700_000_000)),
             (
                 SignatureSpec::hubspot_v3(),
                 1_700_000_000_123,
@@ -1394,10 +1292,7 @@ mod tests {
                 http::HeaderName::from_bytes(spec.header.as_bytes()).unwrap(),
                 HeaderValue::from_str(&value).unwrap(),
             );
-            if let Some(TimestampSpec {
-                header: Some(name), ..
-            }) = &spec.timestamp
-            {
+            if let Some(TimestampSpec { header: Some(name), .. }) = &spec.timestamp {
                 h.insert(
                     http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
                     HeaderValue::from_str(&ts.to_string()).unwrap(),
@@ -1514,11 +1409,7 @@ mod tests {
         spec.message = "v0:{ts}:{body}".to_owned();
         let h = slack_headers(SLACK_SIG, "1531420618");
         let req = post("https://example.com/slack", &h, SLACK_BODY);
-        assert!(malformed(&spec.verify(
-            &req,
-            &[SLACK_SECRET],
-            at_secs(SLACK_TS)
-        )));
+        assert!(malformed(&spec.verify(&req, &[SLACK_SECRET], at_secs(SLACK_TS))));
     }
 
     #[test]

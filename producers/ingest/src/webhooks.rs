@@ -189,7 +189,9 @@ impl WebhookSource {
             }
         }
         if self.secrets.is_empty() && !self.allow_unsigned {
-            errors.push(format!("{key}.secrets: at least one signing secret is required (or set allow_unsigned = true)"));
+            errors.push(format!(
+                "{key}.secrets: at least one signing secret is required (or set allow_unsigned = true)"
+            ));
         }
         if self.secrets.iter().any(|s| s.expose().is_empty()) {
             errors.push(format!("{key}.secrets: a secret must not be empty"));
@@ -225,21 +227,38 @@ pub fn process(config: &WebhookSource, profile: &WebhookProfile, d: &Delivery<'_
         false
     } else {
         let secrets: Vec<&[u8]> = config.secrets.iter().map(|s| s.expose().as_bytes()).collect();
-        let request = SignedRequest { method: d.method, url: d.url, headers: d.headers, body: d.body };
-        profile.signature.verify(&request, &secrets, d.now).map_err(signature_error)?;
+        let request = SignedRequest {
+            method: d.method,
+            url: d.url,
+            headers: d.headers,
+            body: d.body,
+        };
+        profile
+            .signature
+            .verify(&request, &secrets, d.now)
+            .map_err(signature_error)?;
         true
     };
 
     let needs_json = profile.split_array
         || profile.url_verification
-        || profile.event_id.iter().chain(&profile.event_type).any(|s| matches!(s, ValueSource::Json(_)));
+        || profile
+            .event_id
+            .iter()
+            .chain(&profile.event_type)
+            .any(|s| matches!(s, ValueSource::Json(_)));
     let parsed: Option<Json> = if needs_json {
         match serde_json::from_slice(d.body) {
             Ok(v) => Some(v),
             // A form-encoded Slack interaction or a vendor that sends non-JSON bodies: ids then
             // come from headers or the Idempotency-Key.
             Err(_) if !profile.split_array => None,
-            Err(e) => return Err(AppError::bad_request("malformed_body", format!("body is not valid JSON: {e}"))),
+            Err(e) => {
+                return Err(AppError::bad_request(
+                    "malformed_body",
+                    format!("body is not valid JSON: {e}"),
+                ));
+            }
         }
     } else {
         None
@@ -249,26 +268,42 @@ pub fn process(config: &WebhookSource, profile: &WebhookProfile, d: &Delivery<'_
         && let Some(body) = &parsed
         && body.get("type").and_then(Json::as_str) == Some("url_verification")
     {
-        let challenge = body.get("challenge").and_then(Json::as_str).ok_or_else(|| {
-            AppError::bad_request("malformed_body", "url_verification without a challenge")
-        })?;
+        let challenge = body
+            .get("challenge")
+            .and_then(Json::as_str)
+            .ok_or_else(|| AppError::bad_request("malformed_body", "url_verification without a challenge"))?;
         return Ok(Outcome::Challenge(challenge.to_owned()));
     }
 
     let items: Vec<(Option<&Json>, Vec<u8>)> = match (&parsed, profile.split_array) {
         (Some(Json::Array(items)), true) => {
             if items.is_empty() {
-                return Err(AppError::bad_request("malformed_body", "the delivery holds no events (empty array)"));
+                return Err(AppError::bad_request(
+                    "malformed_body",
+                    "the delivery holds no events (empty array)",
+                ));
             }
-            items.iter().map(|item| (Some(item), item.to_string().into_bytes())).collect()
+            items
+                .iter()
+                .map(|item| (Some(item), item.to_string().into_bytes()))
+                .collect()
         }
-        (Some(_), true) => return Err(AppError::bad_request("malformed_body", "expected a JSON array of events")),
+        (Some(_), true) => {
+            return Err(AppError::bad_request(
+                "malformed_body",
+                "expected a JSON array of events",
+            ));
+        }
         (parsed, false) => vec![(parsed.as_ref(), d.body.to_vec())],
         (None, true) => unreachable!("split_array bodies are parsed or rejected above"),
     };
 
     let received_at = now_millis();
-    let content_type = d.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = d
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let kept_headers: std::collections::HashMap<String, String> = d
         .headers
         .iter()
