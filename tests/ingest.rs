@@ -153,7 +153,7 @@ fn sample(vendor: &str) -> Sample {
             .to_string()
             .into_bytes(),
             vec![],
-            vec!["100", "101"],
+            vec!["62515:7:100", "62515:7:101"],
         ),
         "slack" => (
             "slack",

@@ -314,7 +314,8 @@ async fn main() -> anyhow::Result<()> {
         let events_per_sec = result.events as f64 / secs;
         let perf_topic = unique("bench.kafka-perf");
         ensure_topics(&kafka_config(), &[TopicSpec::new(&perf_topic, 3)]).await?;
-        let perf_records = result.events.clamp(10_000, 2_000_000);
+        // At least 200k records so the JVM tool is past its warm-up for most of the run.
+        let perf_records = result.events.clamp(200_000, 2_000_000);
         let perf = kafka_perf(&stack, &perf_topic, perf_records, record_size)?;
         let h = &result.latency;
         println!(

@@ -88,8 +88,7 @@ impl AppState {
         })
     }
 
-    /// Await a send, recording its latency; on an unavailable dependency mark the service
-    /// not ready so the next requests fail fast until the probe sees it back.
+    /// Await a send, recording its latency and, on success, the event count.
     pub async fn produce<T>(
         &self,
         route: &str,

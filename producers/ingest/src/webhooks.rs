@@ -34,6 +34,9 @@ pub enum ValueSource {
     Header(String),
     /// A JSON pointer (RFC 6901) into the body, e.g. `/data/object/id`.
     Json(String),
+    /// Several values joined with `:`, present only when every part is (for vendors whose
+    /// ids are unique only together, like HubSpot's portal, subscription and event ids).
+    All(Vec<ValueSource>),
 }
 
 /// A configured webhook source (`[ingest.webhooks.sources.<name>]`).
@@ -105,7 +108,12 @@ pub fn preset(vendor: &str) -> Option<WebhookProfile> {
         },
         "hubspot" => WebhookProfile {
             signature: SignatureSpec::hubspot_v3(),
-            event_id: vec![json("/eventId")],
+            // HubSpot documents `eventId` as not guaranteed unique on its own.
+            event_id: vec![ValueSource::All(vec![
+                json("/portalId"),
+                json("/subscriptionId"),
+                json("/eventId"),
+            ])],
             event_type: vec![json("/subscriptionType")],
             split_array: true,
             url_verification: false,
@@ -364,15 +372,21 @@ fn signature_error(e: SignatureError) -> AppError {
 
 /// The first source that yields a non-empty value. Numbers (HubSpot's `eventId`) become text.
 fn extract(sources: &[ValueSource], headers: &HeaderMap, body: Option<&Json>) -> Option<String> {
-    sources.iter().find_map(|source| {
-        let value = match source {
-            ValueSource::Header(name) => headers.get(name.as_str())?.to_str().ok()?.trim().to_owned(),
-            ValueSource::Json(pointer) => match body?.pointer(pointer)? {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                _ => return None,
-            },
-        };
-        (!value.is_empty()).then_some(value)
-    })
+    sources.iter().find_map(|source| value(source, headers, body))
+}
+
+fn value(source: &ValueSource, headers: &HeaderMap, body: Option<&Json>) -> Option<String> {
+    let value = match source {
+        ValueSource::Header(name) => headers.get(name.as_str())?.to_str().ok()?.trim().to_owned(),
+        ValueSource::Json(pointer) => match body?.pointer(pointer)? {
+            Json::String(s) => s.clone(),
+            Json::Number(n) => n.to_string(),
+            _ => return None,
+        },
+        ValueSource::All(parts) => {
+            let parts: Option<Vec<String>> = parts.iter().map(|p| value(p, headers, body)).collect();
+            parts?.join(":")
+        }
+    };
+    (!value.is_empty()).then_some(value)
 }
