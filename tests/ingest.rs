@@ -793,14 +793,8 @@ async fn kafka_down_answers_503_and_readyz_names_kafka() {
     config.kafka.bootstrap_servers = "127.0.0.1:1".into();
     let ingest = TestIngest::start(config, false).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let ready = ingest
-        .http
-        .get(format!("{}/readyz", ingest.admin))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let report: Value = ready.json().await.expect("json");
+    let (status, report) = ingest.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(report["ready"], false);
     assert_ne!(report["checks"]["kafka"], "ok", "{report}");
     let health = ingest
@@ -835,14 +829,8 @@ async fn registry_down_answers_503_and_nothing_is_produced() {
     config.schema_registry.url = "http://127.0.0.1:1/apis/ccompat/v7".into();
     let ingest = TestIngest::start(config, false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ready = ingest
-        .http
-        .get(format!("{}/readyz", ingest.admin))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let report: Value = ready.json().await.expect("json");
+    let (status, report) = ingest.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_ne!(report["checks"]["schema_registry"], "ok", "{report}");
 
     let response = ingest

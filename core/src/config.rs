@@ -303,6 +303,15 @@ mod tests {
 
     type TestConfig = CommonConfig;
 
+    /// A figment jail without the environment the tests run in (CI exports the local
+    /// stack's `NECTAR_*` variables).
+    fn jail(test: impl FnOnce(&mut figment::Jail) -> figment::Result<()>) {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            test(jail)
+        });
+    }
+
     const DEFAULTS: &str = r#"
         [kafka]
         bootstrap_servers = "127.0.0.1:9092"
@@ -314,7 +323,7 @@ mod tests {
 
     #[test]
     fn env_overrides_file_and_nested_keys_use_double_underscore() {
-        figment::Jail::expect_with(|jail| {
+        jail(|jail| {
             jail.create_file("nectar.toml", "[kafka]\nbootstrap_servers = \"file:9092\"\n")?;
             jail.set_env("NECTAR_SCHEMA_REGISTRY__URL", "http://registry:8081");
             jail.set_env("NECTAR_CONFIG", "ignored: no double underscore");
@@ -327,7 +336,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_that_names_it() {
-        figment::Jail::expect_with(|jail| {
+        jail(|jail| {
             jail.set_env("NECTAR_KAFKA__BOOTSTRAP_SERVER", "typo:9092");
             let err = load::<TestConfig>(DEFAULTS, None).expect_err("typo must fail");
             assert!(err.to_string().contains("bootstrap_server"), "{err}");
@@ -337,7 +346,7 @@ mod tests {
 
     #[test]
     fn validation_lists_every_problem_with_its_key() {
-        figment::Jail::expect_with(|jail| {
+        jail(|jail| {
             jail.set_env("NECTAR_KAFKA__SECURITY_PROTOCOL", "SASL_SSL");
             jail.set_env("NECTAR_SCHEMA_REGISTRY__URL", "registry:8081");
             let err = load::<TestConfig>(DEFAULTS, None).expect_err("must fail");
@@ -350,7 +359,7 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        figment::Jail::expect_with(|jail| {
+        jail(|jail| {
             jail.set_env("NECTAR_KAFKA__SASL_PASSWORD", "hunter2");
             jail.set_env("NECTAR_KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "s3cret");
             let config: TestConfig = load(DEFAULTS, None).map_err(|e| e.to_string())?;

@@ -133,6 +133,18 @@ impl TestIngest {
         }
     }
 
+    /// `GET /readyz` on the admin listener: its status and JSON report.
+    pub async fn readyz(&self) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.admin))
+            .send()
+            .await
+            .expect("readyz");
+        let status = response.status();
+        (status, response.json().await.expect("readyz JSON"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
