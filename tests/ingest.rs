@@ -1020,3 +1020,78 @@ async fn confluents_python_client_decodes_every_raw_topic() {
     assert_eq!(by_id[&hook_id]["vendor_event_id"], "evt_1NG8Du2eZvKYlo2CUI79vXWy");
     assert_eq!(by_id[&hook_id]["verified"], true);
 }
+
+/// Shutdown answers the requests already in flight and flushes the producer: every request
+/// that was answered 202 is on the topic, and no accepted request is cut off with an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_kafka() {
+    let topics = fresh_topics().await;
+    let mut config = ingest_config(&topics, &extra_config());
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+    };
+    config.ingest.listen = free_port();
+    config.admin.listen = free_port();
+    let (base, admin) = (
+        format!("http://{}", config.ingest.listen),
+        format!("http://{}", config.admin.listen),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(nectar_ingest::serve(config, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "ingest did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let requests: Vec<_> = (0..40)
+        .map(|i| {
+            let (http, url) = (http.clone(), format!("{base}/v1/events"));
+            tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .bearer_auth(API_KEY)
+                    .json(&json!({"type": "t", "properties": {"i": i}}))
+                    .send()
+                    .await
+                    .ok()?;
+                let status = response.status();
+                let body: Value = response.json().await.ok()?;
+                Some((status, body["event_id"].as_str().map(str::to_owned)))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    stop.send(()).expect("server running");
+    let mut acknowledged = HashSet::new();
+    for request in requests {
+        // None: the connection was refused after shutdown began, which a client retries.
+        if let Some((status, id)) = request.await.expect("task") {
+            assert_eq!(
+                status,
+                StatusCode::ACCEPTED,
+                "an accepted request is answered, not cut off"
+            );
+            acknowledged.insert(id.expect("event_id"));
+        }
+    }
+    server.await.expect("server task").expect("serve returns cleanly");
+    assert!(!acknowledged.is_empty());
+    let records = read_topic(&topics.apps, acknowledged.len()).await;
+    let mut on_kafka = HashSet::new();
+    for record in &records {
+        let event: AppEvent = nectar_tests::codec().decode(&record.payload).await.expect("decodes");
+        on_kafka.insert(event.envelope.event_id);
+    }
+    assert!(acknowledged.is_subset(&on_kafka), "every 202 is on Kafka");
+}
