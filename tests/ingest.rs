@@ -189,6 +189,26 @@ async fn post_webhook(ingest: &TestIngest, source: &str, headers: HeaderMap, bod
 async fn json_form_is_produced_and_decodes_with_envelope_headers_and_key() {
     let topics = fresh_topics().await;
     let ingest = start(&topics).await;
+    // The browser's CORS preflight.
+    let preflight = ingest
+        .http
+        .request(reqwest::Method::OPTIONS, ingest.url("/v1/forms/contact"))
+        .header("origin", "https://www.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"https://www.example.com"[..])
+    );
+    assert_eq!(count_raw(&topics).await, 0, "a preflight produces nothing");
+
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = ingest
         .http

@@ -43,7 +43,7 @@ pub struct IngestConfig {
     pub request_timeout_ms: u64,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy you trust).
     pub trust_forwarded_for: bool,
-    /// How long the readiness probes wait for Kafka and the registry.
+    /// How often the readiness probes check Kafka and the registry.
     pub probe_interval_ms: u64,
     pub forms: FormsConfig,
     pub events: EventsConfig,
@@ -153,5 +153,56 @@ impl Validate for ServiceConfig {
                 errors.push(format!("{key}: must be greater than 0"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    fn jail(test: impl FnOnce(&mut figment::Jail) -> figment::Result<()>) {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            test(jail)
+        });
+    }
+
+    #[test]
+    fn the_sample_local_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/ingest.toml");
+        jail(|_| {
+            let config: ServiceConfig = nectar_core::config::load(DEFAULTS, Some(&path)).map_err(|e| e.to_string())?;
+            assert!(config.ingest.webhooks.sources.contains_key("stripe"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_the_environment_and_never_print() {
+        jail(|jail| {
+            jail.set_env(
+                "NECTAR_INGEST__WEBHOOKS__SOURCES__STRIPE__SECRETS",
+                r#"["whsec_from_env", "whsec_old"]"#,
+            );
+            let config: ServiceConfig = nectar_core::config::load(DEFAULTS, None).map_err(|e| e.to_string())?;
+            let stripe = &config.ingest.webhooks.sources["stripe"];
+            let secrets: Vec<&str> = stripe.secrets.iter().map(|s| s.expose().as_str()).collect();
+            assert_eq!(secrets, ["whsec_from_env", "whsec_old"]);
+            assert!(!format!("{config:?}").contains("whsec_from_env"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_source_without_secret_or_preset_is_refused_with_its_key() {
+        jail(|jail| {
+            jail.set_env("NECTAR_INGEST__WEBHOOKS__SOURCES__ACME__WORKSPACE_ID", "acme");
+            let err = nectar_core::config::load::<ServiceConfig>(DEFAULTS, None).expect_err("invalid");
+            let text = err.to_string();
+            assert!(text.contains("ingest.webhooks.sources.acme"), "{text}");
+            assert!(text.contains("secrets"), "{text}");
+            Ok(())
+        });
     }
 }
