@@ -6,6 +6,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Kafka header carrying the event id, so tools can find an event without decoding it.
+pub const EVENT_ID_HEADER: &str = "nectar-event-id";
+
 /// `io.nectar.Envelope`: what every event carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -68,6 +71,123 @@ pub struct AppEvent {
     pub anonymous_id: Option<String>,
     pub email: Option<String>,
     pub properties_json: String,
+}
+
+/// `io.nectar.Event`: the canonical event every stage after normalize reads and writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub envelope: Envelope,
+    pub person: Option<Person>,
+    pub form: Option<FormInfo>,
+    pub commerce: Option<Commerce>,
+    pub activity: Option<Activity>,
+    pub context: Option<Context>,
+    pub attributes: HashMap<String, String>,
+    pub enrichment: Option<Enrichment>,
+    pub score: Option<LeadScore>,
+}
+
+impl Event {
+    /// An event with only its envelope set.
+    pub fn new(envelope: Envelope) -> Self {
+        Self {
+            envelope,
+            person: None,
+            form: None,
+            commerce: None,
+            activity: None,
+            context: None,
+            attributes: HashMap::new(),
+            enrichment: None,
+            score: None,
+        }
+    }
+}
+
+/// `io.nectar.Person`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Person {
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub full_name: Option<String>,
+    pub phone: Option<String>,
+    pub company: Option<String>,
+    pub job_title: Option<String>,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub external_ids: HashMap<String, String>,
+}
+
+/// `io.nectar.FormInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FormInfo {
+    pub form_id: String,
+    pub form_type: Option<String>,
+    pub fields: HashMap<String, String>,
+}
+
+/// `io.nectar.Commerce`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commerce {
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub order_id: Option<String>,
+    pub invoice_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub plan: Option<String>,
+    pub status: Option<String>,
+}
+
+/// `io.nectar.Activity`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Activity {
+    pub channel: String,
+    pub action: String,
+    pub object_id: Option<String>,
+    pub campaign: Option<String>,
+    pub url: Option<String>,
+}
+
+/// `io.nectar.Context`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    pub page_url: Option<String>,
+    pub referrer: Option<String>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// `io.nectar.Enrichment`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Enrichment {
+    pub email_normalized: Option<String>,
+    pub email_valid: Option<bool>,
+    pub email_domain: Option<String>,
+    pub free_mail: Option<bool>,
+    pub disposable: Option<bool>,
+    pub company_domain: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone_e164: Option<String>,
+    pub utm: HashMap<String, String>,
+    pub referrer_domain: Option<String>,
+    pub browser: Option<String>,
+    pub os: Option<String>,
+    pub device_type: Option<String>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub external: HashMap<String, String>,
+}
+
+/// `io.nectar.LeadScore`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeadScore {
+    pub value: f64,
+    pub delta: f64,
+    pub stage: String,
+    pub crossed: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -153,5 +273,32 @@ mod tests {
             properties_json: "{}".into(),
         };
         assert_eq!(round_trip(&schema::APP_EVENT, &app), app);
+
+        let mut event = Event::new(envelope());
+        event.person = Some(Person {
+            email: Some("ada@example.com".into()),
+            ..Person::default()
+        });
+        event.commerce = Some(Commerce {
+            amount_minor: Some(1200),
+            currency: Some("EUR".into()),
+            ..Commerce::default()
+        });
+        event.activity = Some(Activity {
+            channel: "email".into(),
+            action: "opened".into(),
+            ..Activity::default()
+        });
+        event.enrichment = Some(Enrichment {
+            free_mail: Some(false),
+            ..Enrichment::default()
+        });
+        event.score = Some(LeadScore {
+            value: 42.5,
+            delta: 10.0,
+            stage: "lead".into(),
+            crossed: None,
+        });
+        assert_eq!(round_trip(&schema::EVENT, &event), event);
     }
 }

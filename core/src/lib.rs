@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod ids;
 pub mod kafka;
+pub mod processor;
 pub mod schema;
 pub mod shutdown;
 pub mod telemetry;

@@ -52,8 +52,14 @@ pub const APP_EVENT: EventSchema = EventSchema {
     avsc: include_str!("../../schemas/avro/app_event.avsc"),
 };
 
-/// Every event schema, for `nectar-schemas register` and the compatibility test.
-pub const ALL: &[EventSchema] = &[FORM_SUBMITTED, WEBHOOK_RECEIVED, APP_EVENT];
+pub const EVENT: EventSchema = EventSchema {
+    name: "io.nectar.Event",
+    file: "event.avsc",
+    avsc: include_str!("../../schemas/avro/event.avsc"),
+};
+
+/// Every event schema, for registration and the compatibility test.
+pub const ALL: &[EventSchema] = &[FORM_SUBMITTED, WEBHOOK_RECEIVED, APP_EVENT, EVENT];
 
 impl EventSchema {
     /// The self-contained schema JSON, envelope inlined.

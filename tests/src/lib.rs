@@ -269,3 +269,112 @@ pub async fn count_raw(topics: &RawTopics) -> i64 {
 pub fn codec() -> nectar_core::schema::Codec {
     nectar_core::schema::Codec::new(&registry_config()).expect("codec")
 }
+
+/// A service binary run as its own process, for tests that kill it.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Start `bin` with `env` added; its output goes to a log file (printed on failure).
+    pub fn start(bin: impl Into<PathBuf>, env: Vec<(String, String)>) -> Self {
+        let bin = bin.into();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("nectar-process")));
+        let mut process = Self {
+            bin,
+            env,
+            child: None,
+            log,
+        };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = std::process::Command::new(&self.bin)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to commit or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait: the graceful path. Returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().expect("wait")
+    }
+
+    /// Whether the process exited on its own (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether consumer group `group` has committed offsets at the end of every partition of
+/// `topics` (OffsetFetch: does not join the group).
+pub fn group_caught_up(group: &str, topics: &[&str]) -> bool {
+    let consumer: BaseConsumer = nectar_core::kafka::client_config(&kafka_config(), "nectar-tests")
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for topic in topics {
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+            return false;
+        };
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition(topic, p.id());
+            let Ok((_, high)) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5)) else {
+                return false;
+            };
+            ends.push(((*topic).to_owned(), p.id(), high));
+        }
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
+        return false;
+    };
+    ends.iter().all(|(topic, partition, high)| {
+        *high == 0
+            || committed
+                .find_partition(topic, *partition)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
+    })
+}

@@ -33,8 +33,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 
-/// Kafka header carrying the event id, so tools can find an event without decoding it.
-pub const EVENT_ID_HEADER: &str = "nectar-event-id";
+pub use nectar_core::events::EVENT_ID_HEADER;
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

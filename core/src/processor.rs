@@ -1,0 +1,820 @@
+//! The exactly-once processor loop every stream processor runs.
+//!
+//! Consume (`read_committed`, no auto-commit) → process a batch → produce outputs and dead
+//! letters → `send_offsets_to_transaction` with the consumer group metadata → commit, all in
+//! one Kafka transaction. A crash at any point leaves either the whole batch (outputs, dead
+//! letters and input offsets) committed or none of it; a restarted instance resumes from the
+//! committed offsets, and `read_committed` consumers downstream never see aborted outputs.
+//!
+//! Where the guarantee ends: side effects a processor performs outside Kafka (an HTTP call in
+//! enrich) may repeat on replay; only what it writes to Kafka is exactly once.
+//!
+//! The loop runs on its own OS thread because librdkafka's transaction calls and rebalance
+//! callbacks block; every such call has a finite timeout. Async work a processor needs (the
+//! registry) runs on the service's tokio runtime through a handle.
+//!
+//! Rebalances: on revocation the open transaction is aborted inside the callback, before the
+//! partitions are released, so no work for a partition now owned by another instance can be
+//! committed; the new owner reprocesses from the committed offsets. On assignment the
+//! processor is told before any record of the new partitions is processed (score rebuilds its
+//! store from the changelog there).
+//!
+//! Errors: an abortable transaction error aborts and rewinds to the committed offsets; a fatal
+//! one (e.g. this producer was fenced by a newer instance with the same transactional id)
+//! stops the loop with an error so the process exits non-zero and the orchestrator restarts it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use serde::Deserialize;
+
+use crate::admin::Readiness;
+use crate::config::KafkaConfig;
+use crate::kafka::client_config;
+
+/// The `[processor]` section every processor's configuration has.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Consumer group; instances with the same group split the input partitions.
+    pub group_id: String,
+    /// This instance's stable id (the pod name in Kubernetes). Part of the transactional id,
+    /// so a restarted instance fences its own zombie. Defaults to `$HOSTNAME`.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Most records in one transaction.
+    pub max_batch: usize,
+    /// Commit at least this often while records flow (Kafka Streams commits every 100 ms
+    /// with exactly-once).
+    pub commit_interval_ms: u64,
+    /// Broker-side transaction timeout (`transaction.timeout.ms`).
+    pub transaction_timeout_ms: u64,
+    /// Timeout of each blocking transaction call.
+    pub call_timeout_ms: u64,
+    /// Where records that can never be processed go, with the reason in headers.
+    pub dlq_topic: String,
+}
+
+impl ProcessorConfig {
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.group_id.trim().is_empty() {
+            errors.push("processor.group_id: must not be empty".into());
+        }
+        if self.max_batch == 0 {
+            errors.push("processor.max_batch: must be at least 1".into());
+        }
+        if self.commit_interval_ms == 0 {
+            errors.push("processor.commit_interval_ms: must be at least 1".into());
+        }
+        if self.call_timeout_ms == 0 || self.call_timeout_ms >= self.transaction_timeout_ms {
+            errors.push("processor.call_timeout_ms: must be between 1 and transaction_timeout_ms".into());
+        }
+        if self.dlq_topic.trim().is_empty() {
+            errors.push("processor.dlq_topic: must not be empty".into());
+        }
+    }
+
+    /// `<group_id>-<instance_id>`.
+    pub fn transactional_id(&self) -> String {
+        let instance = self
+            .instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "0".into());
+        format!("{}-{instance}", self.group_id)
+    }
+}
+
+/// One consumed record, owned, as processors see it.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Milliseconds since the epoch, when the broker or producer stamped it.
+    pub timestamp: Option<i64>,
+}
+
+impl InputRecord {
+    fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A record to produce inside the transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone (compacted topics).
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a record was not turned into outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The record can never be processed: it goes to the DLQ with this reason, inside the
+    /// same transaction, and the stream goes on.
+    #[error("rejected: {0}")]
+    Reject(String),
+    /// A dependency failed (e.g. the registry): abort the transaction, rewind, try again.
+    #[error("retry: {0}")]
+    Retry(String),
+    /// Stop the processor.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// A stream processor: turns one input record into outputs.
+pub trait Processor: Send {
+    /// Process one record. Called in offset order per partition, inside the open transaction.
+    fn process(&mut self, record: &InputRecord) -> impl Future<Output = Result<Vec<Output>, ProcessError>> + Send;
+
+    /// Partitions were assigned; called before any of their records is processed. Blocking
+    /// work (rebuilding state from a changelog) is fine here.
+    fn on_assigned(&mut self, _partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// Partitions were revoked; their uncommitted work has been aborted.
+    fn on_revoked(&mut self, _partitions: &[(String, i32)]) {}
+
+    /// The open transaction was aborted: forget state changes made since the last commit.
+    fn on_aborted(&mut self) {}
+
+    /// The transaction committed: state changes since the last commit are now durable.
+    fn on_committed(&mut self) {}
+}
+
+/// Prometheus metrics of the loop, labelled by processor name.
+#[derive(Debug, Clone)]
+pub struct ProcessorMetrics {
+    pub records_in: IntCounter,
+    pub records_out: IntCounter,
+    pub dead_letters: IntCounter,
+    pub batch_size: Histogram,
+    pub transaction_seconds: Histogram,
+    pub aborts: IntCounterVec,
+    pub commits: IntCounter,
+    pub lag: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+}
+
+impl ProcessorMetrics {
+    pub fn new(registry: &Registry, processor: &str) -> prometheus::Result<Self> {
+        let label = |o: Opts| o.const_label("processor", processor);
+        let hist = |o: HistogramOpts| o.const_label("processor", processor);
+        let m = Self {
+            records_in: IntCounter::with_opts(label(Opts::new(
+                "nectar_processor_records_in_total",
+                "Records consumed",
+            )))?,
+            records_out: IntCounter::with_opts(label(Opts::new(
+                "nectar_processor_records_out_total",
+                "Records produced (committed or not)",
+            )))?,
+            dead_letters: IntCounter::with_opts(label(Opts::new(
+                "nectar_processor_dead_letters_total",
+                "Records sent to the DLQ",
+            )))?,
+            batch_size: Histogram::with_opts(
+                hist(HistogramOpts::new(
+                    "nectar_processor_batch_size",
+                    "Records per committed transaction",
+                ))
+                .buckets(vec![1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
+            )?,
+            transaction_seconds: Histogram::with_opts(
+                hist(HistogramOpts::new(
+                    "nectar_processor_transaction_seconds",
+                    "Time to send offsets and commit a transaction",
+                ))
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+            aborts: IntCounterVec::new(
+                label(Opts::new(
+                    "nectar_processor_aborts_total",
+                    "Aborted transactions by reason",
+                )),
+                &["reason"],
+            )?,
+            commits: IntCounter::with_opts(label(Opts::new(
+                "nectar_processor_commits_total",
+                "Committed transactions",
+            )))?,
+            lag: IntGaugeVec::new(
+                label(Opts::new(
+                    "nectar_processor_consumer_lag",
+                    "Records behind the end of each input partition",
+                )),
+                &["topic", "partition"],
+            )?,
+            assigned_partitions: IntGauge::with_opts(label(Opts::new(
+                "nectar_processor_assigned_partitions",
+                "Input partitions owned by this instance",
+            )))?,
+        };
+        registry.register(Box::new(m.records_in.clone()))?;
+        registry.register(Box::new(m.records_out.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.transaction_seconds.clone()))?;
+        registry.register(Box::new(m.aborts.clone()))?;
+        registry.register(Box::new(m.commits.clone()))?;
+        registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.assigned_partitions.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Rebalance events recorded by the consumer context for the loop to act on.
+#[derive(Debug, Default)]
+struct RebalanceLog {
+    assigned: Vec<(String, i32)>,
+    revoked: Vec<(String, i32)>,
+    /// The open transaction was aborted during a revocation.
+    aborted: bool,
+}
+
+/// The consumer context: aborts the open transaction before partitions are revoked.
+struct LoopContext {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    in_transaction: Arc<AtomicBool>,
+    log: Arc<Mutex<RebalanceLog>>,
+    call_timeout: Duration,
+}
+
+impl ClientContext for LoopContext {}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            if self.in_transaction.swap(false, Ordering::SeqCst) {
+                // The uncommitted work includes records of partitions that are leaving: it
+                // must not be committed by this instance any more.
+                if let Err(e) = abort(&self.producer, self.call_timeout) {
+                    tracing::error!(error = %e, "abort on revocation failed");
+                }
+                log.aborted = true;
+            }
+            log.revoked.extend(partitions(tpl));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+                log.assigned.extend(partitions(tpl));
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+/// Everything the loop needs.
+#[derive(Debug)]
+pub struct LoopSettings {
+    pub name: String,
+    pub kafka: KafkaConfig,
+    pub processor: ProcessorConfig,
+    pub inputs: Vec<String>,
+}
+
+/// A running loop's handle: ask it to stop, wait for it.
+#[derive(Debug)]
+pub struct LoopHandle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LoopHandle {
+    /// Finish the current batch, commit, leave the group.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopper(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Wait for the loop thread; its error if it failed.
+    pub fn join(self) -> anyhow::Result<()> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the processor loop panicked"))?
+    }
+}
+
+/// Start the loop on its own thread. `runtime` runs the processor's async work.
+pub fn spawn<P: Processor + 'static>(
+    settings: LoopSettings,
+    processor: P,
+    metrics: ProcessorMetrics,
+    readiness: Readiness,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<LoopHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("{}-loop", settings.name))
+        .spawn(move || {
+            let result =
+                Loop::new(settings, processor, metrics, readiness.clone(), runtime, thread_stop).and_then(Loop::run);
+            if let Err(e) = &result {
+                readiness.set(LOOP_CHECK, Err(format!("processor loop stopped: {e:#}")));
+            }
+            result
+        })?;
+    Ok(LoopHandle { stop, thread })
+}
+
+/// The readiness check the loop maintains.
+pub const LOOP_CHECK: &str = "processor_loop";
+
+struct Loop<P: Processor> {
+    settings: LoopSettings,
+    processor: P,
+    metrics: ProcessorMetrics,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+    consumer: BaseConsumer<LoopContext>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    in_transaction: Arc<AtomicBool>,
+    log: Arc<Mutex<RebalanceLog>>,
+    /// Next offset to consume per partition, for the open transaction.
+    pending: BTreeMap<(String, i32), i64>,
+    batch_records: usize,
+    batch_started: Instant,
+    call_timeout: Duration,
+}
+
+impl<P: Processor> Loop<P> {
+    fn new(
+        settings: LoopSettings,
+        processor: P,
+        metrics: ProcessorMetrics,
+        readiness: Readiness,
+        runtime: tokio::runtime::Handle,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
+        let call_timeout = Duration::from_millis(settings.processor.call_timeout_ms);
+        let transactional_id = settings.processor.transactional_id();
+        let mut producer_config: ClientConfig = client_config(&settings.kafka, &format!("{}-producer", settings.name));
+        producer_config
+            .set("transactional.id", &transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "transaction.timeout.ms",
+                settings.processor.transaction_timeout_ms.to_string(),
+            );
+        let producer: ThreadedProducer<DefaultProducerContext> = producer_config.create()?;
+        tracing::info!(transactional_id, "initialising transactions");
+        producer
+            .init_transactions(call_timeout)
+            .map_err(|e| anyhow::anyhow!("init_transactions ({transactional_id}): {e}"))?;
+
+        let in_transaction = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(RebalanceLog::default()));
+        let context = LoopContext {
+            producer: producer.clone(),
+            in_transaction: in_transaction.clone(),
+            log: log.clone(),
+            call_timeout,
+        };
+        let mut consumer_config = client_config(&settings.kafka, &format!("{}-consumer", settings.name));
+        consumer_config
+            .set("group.id", &settings.processor.group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Eager rebalancing: every revocation aborts the open transaction, so the simple,
+            // whole-assignment protocol is the one whose behaviour is easy to reason about.
+            .set("partition.assignment.strategy", "range");
+        let consumer: BaseConsumer<LoopContext> = consumer_config.create_with_context(context)?;
+        let topics: Vec<&str> = settings.inputs.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        readiness.set(LOOP_CHECK, Ok(()));
+        Ok(Self {
+            settings,
+            processor,
+            metrics,
+            runtime,
+            stop,
+            consumer,
+            producer,
+            in_transaction,
+            log,
+            pending: BTreeMap::new(),
+            batch_records: 0,
+            batch_started: Instant::now(),
+            call_timeout,
+        })
+    }
+
+    fn run(mut self) -> anyhow::Result<()> {
+        let commit_interval = Duration::from_millis(self.settings.processor.commit_interval_ms);
+        let mut last_lag = Instant::now();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let wait = if self.in_transaction.load(Ordering::SeqCst) {
+                commit_interval
+                    .saturating_sub(self.batch_started.elapsed())
+                    .max(Duration::from_millis(1))
+            } else {
+                Duration::from_millis(100)
+            };
+            let message = self
+                .consumer
+                .poll(wait)
+                .map(|r| r.map(|m| InputRecord::from_message(&m)));
+            self.handle_rebalances()?;
+            match message {
+                None => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Ok(record)) => self.process(record)?,
+            }
+            if self.in_transaction.load(Ordering::SeqCst)
+                && (self.batch_records >= self.settings.processor.max_batch
+                    || self.batch_started.elapsed() >= commit_interval)
+            {
+                self.commit()?;
+            }
+            if last_lag.elapsed() >= Duration::from_secs(5) {
+                self.update_lag();
+                last_lag = Instant::now();
+            }
+        }
+        tracing::info!("stopping: committing the open batch and leaving the group");
+        if self.in_transaction.load(Ordering::SeqCst) {
+            self.commit()?;
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn handle_rebalances(&mut self) -> anyhow::Result<()> {
+        let log = std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()));
+        if log.aborted {
+            self.metrics.aborts.with_label_values(&["rebalance"]).inc();
+            self.pending.clear();
+            self.batch_records = 0;
+            self.processor.on_aborted();
+        }
+        if !log.revoked.is_empty() {
+            tracing::info!(partitions = ?log.revoked, "partitions revoked");
+            for (topic, partition) in &log.revoked {
+                let _ = self.metrics.lag.remove_label_values(&[topic, &partition.to_string()]);
+            }
+            self.processor.on_revoked(&log.revoked);
+        }
+        if !log.assigned.is_empty() {
+            tracing::info!(partitions = ?log.assigned, "partitions assigned");
+            self.processor
+                .on_assigned(&log.assigned)
+                .map_err(|e| anyhow::anyhow!("on_assigned: {e}"))?;
+        }
+        if let Ok(assignment) = self.consumer.assignment() {
+            self.metrics
+                .assigned_partitions
+                .set(i64::try_from(assignment.count()).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, record: InputRecord) -> anyhow::Result<()> {
+        if !self.in_transaction.load(Ordering::SeqCst) {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| anyhow::anyhow!("begin_transaction: {e}"))?;
+            self.in_transaction.store(true, Ordering::SeqCst);
+            self.batch_started = Instant::now();
+            self.batch_records = 0;
+        }
+        self.metrics.records_in.inc();
+        let result = self.runtime.block_on(self.processor.process(&record));
+        let outputs = match result {
+            Ok(outputs) => outputs,
+            Err(ProcessError::Reject(reason)) => {
+                tracing::warn!(
+                    topic = record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    reason,
+                    "dead-lettering"
+                );
+                self.metrics.dead_letters.inc();
+                vec![dead_letter(
+                    &self.settings.processor.dlq_topic,
+                    &self.settings.name,
+                    &record,
+                    &reason,
+                )]
+            }
+            Err(ProcessError::Retry(reason)) => {
+                tracing::warn!(reason, "processing failed; aborting and rewinding");
+                self.abort_and_rewind("retry")?;
+                // Give the dependency a moment before the records come back.
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(());
+            }
+            Err(ProcessError::Fatal(reason)) => anyhow::bail!("{reason}"),
+        };
+        for output in &outputs {
+            self.send(output)?;
+        }
+        self.metrics
+            .records_out
+            .inc_by(u64::try_from(outputs.len()).unwrap_or(0));
+        self.pending
+            .insert((record.topic.clone(), record.partition), record.offset + 1);
+        self.batch_records += 1;
+        Ok(())
+    }
+
+    fn send(&self, output: &Output) -> anyhow::Result<()> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &output.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&output.topic).headers(headers);
+        if let Some(key) = &output.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &output.payload {
+            record = record.payload(payload.as_slice());
+        }
+        let deadline = Instant::now() + self.call_timeout;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if Instant::now() < deadline => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => anyhow::bail!("producing to {}: {e}", output.topic),
+            }
+        }
+    }
+
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let result = self.try_commit();
+        match result {
+            Ok(()) => {
+                self.in_transaction.store(false, Ordering::SeqCst);
+                self.metrics
+                    .transaction_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.batch_size.observe(self.batch_records as f64);
+                self.metrics.commits.inc();
+                self.pending.clear();
+                self.batch_records = 0;
+                self.processor.on_committed();
+                Ok(())
+            }
+            Err(e) if is_fatal(&e) => Err(anyhow::anyhow!(
+                "fatal transaction error (fenced by another instance?): {e}"
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; aborting and rewinding");
+                self.abort_and_rewind("commit_failed")
+            }
+        }
+    }
+
+    fn try_commit(&self) -> KafkaResult<()> {
+        if !self.pending.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, partition), next) in &self.pending {
+                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
+            let metadata = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::Global(RDKafkaErrorCode::InvalidGroupId))?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)?;
+        }
+        // A retriable commit error may be retried as is (librdkafka's documented protocol).
+        let mut attempts = 0;
+        loop {
+            match self.producer.commit_transaction(self.call_timeout) {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Abort the open transaction and move every assigned partition back to its committed
+    /// offset, so the aborted records are processed again.
+    fn abort_and_rewind(&mut self, reason: &str) -> anyhow::Result<()> {
+        self.metrics.aborts.with_label_values(&[reason]).inc();
+        if self.in_transaction.swap(false, Ordering::SeqCst)
+            && let Err(e) = abort(&self.producer, self.call_timeout)
+        {
+            if is_fatal(&e) {
+                anyhow::bail!("abort_transaction: {e}");
+            }
+            tracing::warn!(error = %e, "abort_transaction failed");
+        }
+        self.pending.clear();
+        self.batch_records = 0;
+        self.processor.on_aborted();
+        let committed = self.consumer.committed(self.call_timeout)?;
+        let mut positions = TopicPartitionList::new();
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            positions.add_partition_offset(element.topic(), element.partition(), offset)?;
+        }
+        if positions.count() > 0 {
+            for result in self.consumer.seek_partitions(positions, self.call_timeout)?.elements() {
+                if let Err(e) = result.error() {
+                    tracing::warn!(topic = result.topic(), partition = result.partition(), error = %e, "rewind failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn update_lag(&self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for element in positions.elements() {
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+            {
+                self.metrics
+                    .lag
+                    .with_label_values(&[element.topic(), &element.partition().to_string()])
+                    .set((high - position).max(0));
+            }
+        }
+    }
+}
+
+/// Abort the open transaction. In-flight records are delivered first: aborting while
+/// librdkafka is still adding partitions to the transaction can make the broker answer
+/// INVALID_TXN_STATE, which librdkafka treats as fatal (confluentinc/librdkafka#4849).
+fn abort(producer: &ThreadedProducer<DefaultProducerContext>, timeout: Duration) -> KafkaResult<()> {
+    if let Err(e) = producer.flush(timeout) {
+        tracing::debug!(error = %e, "flush before abort");
+    }
+    producer.abort_transaction(timeout)
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+        ),
+    }
+}
+
+/// Header names of dead letters.
+pub mod dlq_headers {
+    pub const REASON: &str = "nectar-dlq-reason";
+    pub const STAGE: &str = "nectar-dlq-stage";
+    pub const TOPIC: &str = "nectar-dlq-topic";
+    pub const PARTITION: &str = "nectar-dlq-partition";
+    pub const OFFSET: &str = "nectar-dlq-offset";
+}
+
+/// The dead letter of `record`: its key and value unchanged (still decodable with the
+/// original schema id), the reason and origin in headers, the original headers kept.
+pub fn dead_letter(dlq_topic: &str, stage: &str, record: &InputRecord, reason: &str) -> Output {
+    let mut headers = record.headers.clone();
+    headers.extend([
+        (dlq_headers::REASON.to_owned(), reason.as_bytes().to_vec()),
+        (dlq_headers::STAGE.to_owned(), stage.as_bytes().to_vec()),
+        (dlq_headers::TOPIC.to_owned(), record.topic.as_bytes().to_vec()),
+        (
+            dlq_headers::PARTITION.to_owned(),
+            record.partition.to_string().into_bytes(),
+        ),
+        (dlq_headers::OFFSET.to_owned(), record.offset.to_string().into_bytes()),
+    ]);
+    Output {
+        topic: dlq_topic.to_owned(),
+        key: record.key.clone(),
+        payload: record.payload.clone(),
+        headers,
+    }
+}
+
+/// Headers to carry from an input to its outputs: the trace context.
+pub fn carried_headers(record: &InputRecord) -> Vec<(String, Vec<u8>)> {
+    record
+        .headers
+        .iter()
+        .filter(|(k, _)| k == crate::trace::TRACEPARENT)
+        .cloned()
+        .collect()
+}
+
+/// Run a processor as a service: the admin endpoints, the loop, and shutdown on SIGTERM
+/// (finish the batch, commit, leave the group). Returns the loop's error, if it failed, so
+/// the process exits non-zero and the orchestrator restarts it.
+pub async fn run_service<P: Processor + 'static>(
+    settings: LoopSettings,
+    admin_listen: std::net::SocketAddr,
+    processor: P,
+    registry: Registry,
+) -> anyhow::Result<()> {
+    let readiness = Readiness::default();
+    readiness.register(LOOP_CHECK);
+    let metrics = ProcessorMetrics::new(&registry, &settings.name)?;
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listen,
+        registry,
+        readiness.clone(),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let handle = spawn(
+        settings,
+        processor,
+        metrics,
+        readiness,
+        tokio::runtime::Handle::current(),
+    )?;
+    let stopper = handle.stopper();
+    let mut join = tokio::task::spawn_blocking(move || handle.join());
+    let result = tokio::select! {
+        () = crate::shutdown::signal() => {
+            stopper.store(true, Ordering::SeqCst);
+            join.await
+        }
+        result = &mut join => result,
+    };
+    let _ = admin_stop.send(());
+    let _ = admin.await;
+    result.map_err(|e| anyhow::anyhow!("processor loop task: {e}"))?
+}

@@ -1,0 +1,1 @@
+//! nectar-enrich (in progress).

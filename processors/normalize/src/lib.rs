@@ -1,0 +1,1 @@
+//! nectar-normalize (in progress).
