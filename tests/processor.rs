@@ -36,6 +36,7 @@ impl Processor for Upper {
         }
         Ok(vec![Output {
             topic: self.output.clone(),
+            partition: None,
             key: record.key.clone(),
             payload: Some(value.to_ascii_uppercase()),
             headers: vec![],

@@ -190,6 +190,18 @@ pub struct LeadScore {
     pub crossed: Option<String>,
 }
 
+/// `io.nectar.LeadState`: one lead's score state on the compacted changelog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeadState {
+    pub lead_key: String,
+    pub workspace_id: String,
+    pub value: f64,
+    pub as_of: i64,
+    pub stage: String,
+    pub facts: Vec<String>,
+    pub events: i64,
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     let now = std::time::SystemTime::now()
@@ -300,5 +312,16 @@ mod tests {
             crossed: None,
         });
         assert_eq!(round_trip(&schema::EVENT, &event), event);
+
+        let state = LeadState {
+            lead_key: "k".into(),
+            workspace_id: "acme".into(),
+            value: 12.5,
+            as_of: 1,
+            stage: "lead".into(),
+            facts: vec!["business_email".into()],
+            events: 3,
+        };
+        assert_eq!(round_trip(&schema::LEAD_STATE, &state), state);
     }
 }

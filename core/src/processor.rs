@@ -137,6 +137,9 @@ impl InputRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
     pub topic: String,
+    /// `None`: the producer's partitioner picks by key. State changelogs set it to the input
+    /// partition so the store of a partition can be rebuilt from the same changelog partition.
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     /// `None` is a tombstone (compacted topics).
     pub payload: Option<Vec<u8>>,
@@ -593,6 +596,9 @@ impl<P: Processor> Loop<P> {
             });
         }
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&output.topic).headers(headers);
+        if let Some(partition) = output.partition {
+            record = record.partition(partition);
+        }
         if let Some(key) = &output.key {
             record = record.key(key.as_slice());
         }
@@ -761,6 +767,7 @@ pub fn dead_letter(dlq_topic: &str, stage: &str, record: &InputRecord, reason: &
     ]);
     Output {
         topic: dlq_topic.to_owned(),
+        partition: None,
         key: record.key.clone(),
         payload: record.payload.clone(),
         headers,

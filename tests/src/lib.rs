@@ -378,3 +378,66 @@ pub fn group_caught_up(group: &str, topics: &[&str]) -> bool {
                 .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
     })
 }
+
+/// Wait until `group` has committed the end of every partition of `topics`, failing early if
+/// one of `processes` exits (with its log).
+pub async fn wait_caught_up(group: &str, topics: &[String], processes: &mut [&mut ServiceProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (g, t) = (group.to_owned(), topics.to_vec());
+        let done = tokio::task::spawn_blocking(move || {
+            let topics: Vec<&str> = t.iter().map(String::as_str).collect();
+            group_caught_up(&g, &topics)
+        })
+        .await
+        .expect("thread");
+        if done {
+            return;
+        }
+        for p in processes.iter_mut() {
+            if let Some(status) = p.exited() {
+                panic!("the service exited with {status}:\n{}", p.log());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not catch up:\n{}",
+            processes.first().map(|p| p.log()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every id in `expected` exactly once in `counts`, and nothing else.
+pub fn assert_exactly_once(expected: &[String], counts: &std::collections::HashMap<String, usize>) {
+    let missing = expected.iter().filter(|id| !counts.contains_key(*id)).count();
+    let example: Vec<_> = expected.iter().filter(|id| !counts.contains_key(*id)).take(3).collect();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} events missing, e.g. {example:?}",
+        expected.len()
+    );
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "{} events duplicated, e.g. {:?}",
+        duplicated.len(),
+        duplicated.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(counts.len(), expected.len(), "no unexpected events");
+}
+
+/// Wait until both processes' logs show a partition assignment (they share the group).
+pub async fn wait_both_assigned(a: &ServiceProcess, b: &ServiceProcess) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(a.log().contains("partitions assigned") && b.log().contains("partitions assigned")) {
+        assert!(
+            Instant::now() < deadline,
+            "both instances get partitions:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

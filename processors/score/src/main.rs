@@ -1,0 +1,327 @@
+//! `nectar-score`: enriched events in, scored events out, per-lead state in a local store
+//! whose every change goes to the compacted changelog in the same transaction.
+//!
+//! The store of input partition p is rebuilt from changelog partition p when p is assigned,
+//! before any of its records is processed, so state follows partitions between instances.
+//! Changes of an aborted transaction are undone from an undo log; the changelog never holds
+//! them, because it is written in the transaction.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
+use nectar_core::events::{EVENT_ID_HEADER, Event, LeadState};
+use nectar_core::ids;
+use nectar_core::processor::{
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers,
+};
+use nectar_core::schema::{self, Codec, CodecError};
+use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    kafka: KafkaConfig,
+    schema_registry: RegistryConfig,
+    admin: AdminConfig,
+    #[serde(default)]
+    log: LogConfig,
+    processor: ProcessorConfig,
+    topics: Topics,
+    score: ScoreRules,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Topics {
+    input: String,
+    output: String,
+    changelog: String,
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.kafka.validate(errors);
+        self.schema_registry.validate(errors);
+        self.log.validate(errors);
+        self.processor.validate(errors);
+        self.score.validate(errors);
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nectar-score",
+    version,
+    about = "Scores leads exactly once, with state in a compacted changelog."
+)]
+struct Cli {
+    #[arg(long, short, env = "NECTAR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+struct Score {
+    model: ScoreModel,
+    codec: Arc<Codec>,
+    topics: Topics,
+    kafka: KafkaConfig,
+    runtime: tokio::runtime::Handle,
+    /// Lead states per input partition.
+    stores: HashMap<i32, HashMap<String, LeadState>>,
+    /// Previous values of the keys changed in the open transaction.
+    undo: Vec<(i32, String, Option<LeadState>)>,
+}
+
+fn codec_error(what: &str, e: CodecError) -> ProcessError {
+    match e {
+        CodecError::Unavailable(m) => ProcessError::Retry(format!("{what}: {m}")),
+        CodecError::Invalid(m) => ProcessError::Reject(format!("{what}: {m}")),
+    }
+}
+
+impl Score {
+    fn remember(&mut self, partition: i32, key: &str) {
+        let previous = self.stores.get(&partition).and_then(|s| s.get(key)).cloned();
+        self.undo.push((partition, key.to_owned(), previous));
+    }
+
+    async fn changelog_output(
+        &self,
+        partition: i32,
+        key: &str,
+        state: Option<&LeadState>,
+    ) -> Result<Output, ProcessError> {
+        let payload = match state {
+            Some(state) => Some(
+                self.codec
+                    .encode(&self.topics.changelog, &schema::LEAD_STATE, state)
+                    .await
+                    .map_err(|e| codec_error("encoding the lead state", e))?,
+            ),
+            None => None,
+        };
+        Ok(Output {
+            topic: self.topics.changelog.clone(),
+            partition: Some(partition),
+            key: Some(key.as_bytes().to_vec()),
+            payload,
+            headers: vec![],
+        })
+    }
+
+    async fn event_output(&self, event: &Event, record: &InputRecord) -> Result<Output, ProcessError> {
+        let payload = self
+            .codec
+            .encode(&self.topics.output, &schema::EVENT, event)
+            .await
+            .map_err(|e| codec_error("encoding the scored event", e))?;
+        let mut headers = carried_headers(record);
+        headers.push((EVENT_ID_HEADER.to_owned(), event.envelope.event_id.clone().into_bytes()));
+        Ok(Output {
+            topic: self.topics.output.clone(),
+            partition: None,
+            key: record.key.clone(),
+            payload: Some(payload),
+            headers,
+        })
+    }
+
+    /// Read changelog partition `partition` to its end into a fresh store.
+    fn rebuild(&self, partition: i32) -> Result<HashMap<String, LeadState>, ProcessError> {
+        let retry = |e: rdkafka::error::KafkaError| ProcessError::Retry(format!("reading the changelog: {e}"));
+        let consumer: BaseConsumer = nectar_core::kafka::client_config(&self.kafka, "nectar-score-restore")
+            .set("group.id", "nectar-score-restore")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(retry)?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topics.changelog, partition, Duration::from_secs(10))
+            .map_err(retry)?;
+        let mut store = HashMap::new();
+        if high <= low {
+            return Ok(store);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topics.changelog, partition, Offset::Beginning)
+            .map_err(retry)?;
+        consumer.assign(&tpl).map_err(retry)?;
+        // With read_committed, end-of-partition is reported at the last stable offset: the
+        // changelog as committed, without aborted or still-open transactions.
+        loop {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    match m.payload() {
+                        None => {
+                            store.remove(&key);
+                        }
+                        Some(bytes) => {
+                            let state: LeadState = self
+                                .runtime
+                                .block_on(self.codec.decode(bytes))
+                                .map_err(|e| codec_error("decoding the changelog", e))?;
+                            store.insert(key, state);
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(retry(e)),
+                None => {
+                    return Err(ProcessError::Retry(format!(
+                        "changelog partition {partition}: no end reached in 10 s"
+                    )));
+                }
+            }
+        }
+        tracing::info!(
+            partition,
+            leads = store.len(),
+            "rebuilt the score store from the changelog"
+        );
+        Ok(store)
+    }
+}
+
+impl Processor for Score {
+    async fn process(&mut self, record: &InputRecord) -> Result<Vec<Output>, ProcessError> {
+        let payload = record
+            .payload
+            .as_deref()
+            .ok_or_else(|| ProcessError::Reject("the record has no value".into()))?;
+        let mut event: Event = self
+            .codec
+            .decode(payload)
+            .await
+            .map_err(|e| codec_error("cannot decode the event", e))?;
+        let Some(lead_key) = event.envelope.lead_key.clone() else {
+            // Nobody to score: pass through.
+            return Ok(vec![self.event_output(&event, record).await?]);
+        };
+        let partition = record.partition;
+        self.remember(partition, &lead_key);
+        if event.envelope.event_type == ERASURE {
+            self.stores.entry(partition).or_default().remove(&lead_key);
+            let tombstone = self.changelog_output(partition, &lead_key, None).await?;
+            return Ok(vec![tombstone, self.event_output(&event, record).await?]);
+        }
+        let previous = self.stores.get(&partition).and_then(|s| s.get(&lead_key));
+        let applied = self.model.apply(previous, &event, &lead_key);
+        let changelog = self
+            .changelog_output(partition, &lead_key, Some(&applied.state))
+            .await?;
+        self.stores
+            .entry(partition)
+            .or_default()
+            .insert(lead_key.clone(), applied.state);
+        event.score = Some(applied.score.clone());
+        let mut outputs = vec![changelog, self.event_output(&event, record).await?];
+        if let Some(stage) = &applied.score.crossed {
+            let mut lifecycle = event.clone();
+            lifecycle.envelope.event_id = ids::derived_event_id(
+                &event.envelope.workspace_id,
+                "score",
+                &format!("{}#stage", event.envelope.event_id),
+            );
+            lifecycle.envelope.event_type = STAGE_CHANGED.into();
+            lifecycle.attributes = HashMap::from([
+                ("stage".to_owned(), stage.clone()),
+                ("cause_event_id".to_owned(), event.envelope.event_id.clone()),
+            ]);
+            outputs.push(self.event_output(&lifecycle, record).await?);
+        }
+        Ok(outputs)
+    }
+
+    fn on_assigned(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        for (_, partition) in partitions {
+            let store = self.rebuild(*partition)?;
+            self.stores.insert(*partition, store);
+        }
+        Ok(())
+    }
+
+    fn on_revoked(&mut self, partitions: &[(String, i32)]) {
+        for (_, partition) in partitions {
+            self.stores.remove(partition);
+        }
+    }
+
+    fn on_aborted(&mut self) {
+        while let Some((partition, key, previous)) = self.undo.pop() {
+            let store = self.stores.entry(partition).or_default();
+            match previous {
+                Some(state) => store.insert(key, state),
+                None => store.remove(&key),
+            };
+        }
+    }
+
+    fn on_committed(&mut self) {
+        self.undo.clear();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config: Config = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nectar-score: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    nectar_core::telemetry::init(&config.log);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("nectar-score: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let codec = Arc::new(Codec::new(&config.schema_registry)?);
+    if config.schema_registry.auto_register {
+        codec
+            .register(&config.topics.output, &schema::EVENT)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the event schema: {e}"))?;
+        codec
+            .register(&config.topics.changelog, &schema::LEAD_STATE)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the lead state schema: {e}"))?;
+    }
+    let inputs = vec![config.topics.input.clone()];
+    let processor = Score {
+        model: ScoreModel::new(config.score),
+        codec,
+        topics: config.topics,
+        kafka: config.kafka.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        stores: HashMap::new(),
+        undo: Vec::new(),
+    };
+    let settings = LoopSettings {
+        name: "score".into(),
+        kafka: config.kafka,
+        processor: config.processor,
+        inputs,
+    };
+    nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
+}

@@ -1,0 +1,280 @@
+//! Exactly-once scoring, proven by killing: enriched events for a few hundred leads,
+//! `nectar-score` SIGKILLed at random moments, or one of two instances killed for good; then
+//! every event is on the output exactly once and every score equals what an uninterrupted
+//! run computes (the model folded over each lead's events in partition order). Scores depend
+//! on the previous state, so equal scores also prove the state survived the kills and moved
+//! with its partitions. Needs the local stack.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use nectar_core::events::{Enrichment, Envelope, Event, LeadState};
+use nectar_core::kafka::{TopicSpec, ensure_topics};
+use nectar_core::schema;
+use nectar_score::{STAGE_CHANGED, ScoreModel, ScoreRules};
+use nectar_tests::{
+    ServiceProcess, assert_exactly_once, codec, kafka_config, read_topic, registry_config, unique, wait_both_assigned,
+    wait_caught_up,
+};
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const EVENTS: usize = 15_000;
+const LEADS: usize = 300;
+
+struct Run {
+    input: String,
+    output: String,
+    changelog: String,
+    dlq: String,
+    group: String,
+}
+
+async fn setup() -> Run {
+    let run = Run {
+        input: unique("t.enriched"),
+        output: unique("t.scored"),
+        changelog: unique("t.changelog"),
+        dlq: unique("t.dlq.score"),
+        group: unique("score"),
+    };
+    let mut changelog = TopicSpec::new(&run.changelog, 3);
+    changelog.config.push(("cleanup.policy".into(), "compact".into()));
+    ensure_topics(
+        &kafka_config(),
+        &[
+            TopicSpec::new(&run.input, 3),
+            TopicSpec::new(&run.output, 3),
+            changelog,
+            TopicSpec::new(&run.dlq, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+    run
+}
+
+fn rules() -> ScoreRules {
+    let config: toml_config::Wrapper = toml_config::parse(include_str!("../default.toml"));
+    config.score
+}
+
+/// The shipped default rules, read from default.toml.
+mod toml_config {
+    #[derive(serde::Deserialize)]
+    pub struct Wrapper {
+        pub score: nectar_score::ScoreRules,
+    }
+    pub fn parse(text: &str) -> Wrapper {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(text))
+            .extract()
+            .expect("default.toml has a valid [score]")
+    }
+}
+
+fn env(run: &Run, instance: &str) -> Vec<(String, String)> {
+    [
+        ("NECTAR_KAFKA__BOOTSTRAP_SERVERS", kafka_config().bootstrap_servers),
+        ("NECTAR_SCHEMA_REGISTRY__URL", registry_config().url),
+        ("NECTAR_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "NECTAR_LOG__FILTER",
+            "warn,nectar_core=info,nectar_score=info".to_owned(),
+        ),
+        ("NECTAR_TOPICS__INPUT", run.input.clone()),
+        ("NECTAR_TOPICS__OUTPUT", run.output.clone()),
+        ("NECTAR_TOPICS__CHANGELOG", run.changelog.clone()),
+        ("NECTAR_PROCESSOR__GROUP_ID", run.group.clone()),
+        ("NECTAR_PROCESSOR__INSTANCE_ID", instance.to_owned()),
+        ("NECTAR_PROCESSOR__DLQ_TOPIC", run.dlq.clone()),
+        ("NECTAR_PROCESSOR__MAX_BATCH", "200".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Produce enriched events for `LEADS` leads; returns them.
+async fn produce_input(run: &Run) -> Vec<Event> {
+    let codec = codec();
+    codec.register(&run.input, &schema::EVENT).await.expect("schema");
+    let producer: FutureProducer =
+        nectar_core::kafka::idempotent_producer(&kafka_config(), "score-test").expect("producer");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let types = [
+        "lead.captured",
+        "demo.requested",
+        "email.engaged",
+        "meeting.booked",
+        "newsletter.subscribed",
+        "page.viewed",
+    ];
+    let start = 1_790_000_000_000_i64;
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|i| {
+            let lead = rng.random_range(0..LEADS);
+            let email = format!("lead{lead}@{}", if lead % 3 == 0 { "gmail.com" } else { "acme.com" });
+            let mut event = Event::new(Envelope {
+                event_id: format!("evt-{i}"),
+                event_type: types[rng.random_range(0..types.len())].to_owned(),
+                // Hours apart, so decay matters.
+                occurred_at: start + i as i64 * 3_600_000 / 10,
+                received_at: start,
+                source: "test".into(),
+                workspace_id: "acme".into(),
+                lead_key: nectar_core::ids::lead_key("acme", Some(&email), None),
+                trace_parent: None,
+                consent: None,
+            });
+            event.enrichment = Some(Enrichment {
+                email_normalized: Some(email.clone()),
+                free_mail: Some(lead % 3 == 0),
+                company_domain: (lead % 3 != 0).then(|| "acme.com".to_owned()),
+                ..Enrichment::default()
+            });
+            event
+        })
+        .collect();
+    for chunk in events.chunks(1000) {
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            encoded.push(codec.encode(&run.input, &schema::EVENT, event).await.expect("encode"));
+        }
+        let sends = chunk.iter().zip(&encoded).map(|(event, payload)| {
+            let key = event.envelope.lead_key.clone().expect("lead key");
+            let producer = producer.clone();
+            let input = run.input.clone();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&input).key(&key).payload(payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("sent");
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+    events
+}
+
+/// What an uninterrupted run outputs: the model folded over each lead's events in the order
+/// the input partitions hold them.
+async fn oracle(run: &Run) -> (HashMap<String, Event>, HashMap<String, LeadState>) {
+    let model = ScoreModel::new(rules());
+    let records = read_topic(&run.input, EVENTS).await;
+    let codec = codec();
+    let mut by_partition: BTreeMap<i32, Vec<(i64, Event)>> = BTreeMap::new();
+    for r in records {
+        let event: Event = codec.decode(&r.payload).await.expect("decode input");
+        by_partition.entry(r.partition).or_default().push((r.offset, event));
+    }
+    let mut outputs = HashMap::new();
+    let mut states: HashMap<String, LeadState> = HashMap::new();
+    for (_, mut events) in by_partition {
+        events.sort_by_key(|(offset, _)| *offset);
+        for (_, mut event) in events {
+            let key = event.envelope.lead_key.clone().expect("lead key");
+            let applied = model.apply(states.get(&key), &event, &key);
+            states.insert(key, applied.state);
+            if let Some(stage) = &applied.score.crossed {
+                let mut lifecycle = event.clone();
+                lifecycle.envelope.event_id =
+                    nectar_core::ids::derived_event_id("acme", "score", &format!("{}#stage", event.envelope.event_id));
+                lifecycle.envelope.event_type = STAGE_CHANGED.into();
+                lifecycle.attributes = HashMap::from([
+                    ("stage".to_owned(), stage.clone()),
+                    ("cause_event_id".to_owned(), event.envelope.event_id.clone()),
+                ]);
+                lifecycle.score = Some(applied.score.clone());
+                outputs.insert(lifecycle.envelope.event_id.clone(), lifecycle);
+            }
+            event.score = Some(applied.score);
+            outputs.insert(event.envelope.event_id.clone(), event);
+        }
+    }
+    (outputs, states)
+}
+
+async fn check(run: &Run) {
+    let (expected, expected_states) = oracle(run).await;
+    let records = read_topic(&run.output, expected.len()).await;
+    let codec = codec();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        let event: Event = codec.decode(&r.payload).await.expect("scored event decodes");
+        let id = event.envelope.event_id.clone();
+        *counts.entry(id.clone()).or_default() += 1;
+        let want = expected.get(&id).unwrap_or_else(|| panic!("unexpected event {id}"));
+        let (got, want) = (event.score.expect("scored"), want.score.clone().expect("scored"));
+        assert!(
+            (got.value - want.value).abs() < 1e-9,
+            "{id}: score {} but an uninterrupted run gives {}",
+            got.value,
+            want.value
+        );
+        assert_eq!((got.stage, got.crossed), (want.stage, want.crossed), "{id}");
+    }
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    assert_exactly_once(&ids, &counts);
+    assert!(
+        expected.values().any(|e| e.envelope.event_type == STAGE_CHANGED),
+        "the run crosses thresholds"
+    );
+
+    // The changelog's latest value per lead is the final state.
+    let changelog = read_topic(&run.changelog, 1).await;
+    let mut latest: HashMap<String, LeadState> = HashMap::new();
+    for r in &changelog {
+        let state: LeadState = codec.decode(&r.payload).await.expect("state decodes");
+        latest.insert(r.key.clone().expect("key"), state);
+    }
+    assert_eq!(latest.len(), expected_states.len());
+    for (key, want) in &expected_states {
+        let got = &latest[key];
+        assert!(
+            (got.value - want.value).abs() < 1e-9 && got.events == want.events && got.stage == want.stage,
+            "{key}: {got:?} vs {want:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_keeps_scores_equal_to_an_uninterrupted_run() {
+    let run = setup().await;
+    produce_input(&run).await;
+    let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
+    let mut rng = rand::rng();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
+        if let Some(status) = process.exited() {
+            panic!("nectar-score exited with {status}:\n{}", process.log());
+        }
+        process.restart();
+    }
+    wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut process]).await;
+    assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
+    assert!(
+        process.log().contains("rebuilt the score store"),
+        "restarts rebuilt state:\n{}",
+        process.log()
+    );
+    check(&run).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_follows_partitions_when_an_instance_dies() {
+    let run = setup().await;
+    produce_input(&run).await;
+    let mut a = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
+    let mut b = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "b"));
+    wait_both_assigned(&a, &b).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    a.kill9();
+    wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut b]).await;
+    assert!(b.terminate().success(), "graceful stop:\n{}", b.log());
+    check(&run).await;
+}
