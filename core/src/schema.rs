@@ -204,6 +204,15 @@ impl Codec {
     }
 
     async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), CodecError> {
+        match self.put_compatibility(subject, level).await {
+            // Apicurio answers 409 when another instance created the subject's rule at the
+            // same moment; the rule exists then, so set it once more to be sure of its level.
+            Err(CodecError::Invalid(m)) if m.contains("409") => self.put_compatibility(subject, level).await,
+            other => other,
+        }
+    }
+
+    async fn put_compatibility(&self, subject: &str, level: &str) -> Result<(), CodecError> {
         let url = format!("{}/config/{subject}", self.config.url.trim_end_matches('/'));
         let mut request = self
             .http

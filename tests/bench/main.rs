@@ -32,7 +32,12 @@ struct Cli {
 enum Bench {
     /// HTTP ingest vs. Kafka's ProducerPerformance.
     Ingest(IngestArgs),
+    /// Each stream processor's throughput and the end-to-end latency through all four, vs.
+    /// Kafka's ConsumerPerformance and ProducerPerformance.
+    Pipeline(pipeline::PipelineArgs),
 }
+
+mod pipeline;
 
 #[derive(Debug, clap::Args)]
 struct IngestArgs {
@@ -273,7 +278,10 @@ fn ms(micros: u64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Bench::Ingest(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Bench::Ingest(args) => args,
+        Bench::Pipeline(args) => return pipeline::run(args).await,
+    };
     let bin = args
         .ingest_bin
         .clone()

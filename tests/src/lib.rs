@@ -158,6 +158,8 @@ pub struct Record {
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// Milliseconds since the epoch (CreateTime: when the producer sent it).
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -217,6 +219,7 @@ fn read_topic_blocking(topic: &str, expected: usize, timeout: Duration) -> Vec<R
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    timestamp: m.timestamp().to_millis(),
                 });
                 if records.len() >= expected {
                     quiet_until = Some(Instant::now() + Duration::from_millis(500));
@@ -429,9 +432,14 @@ pub fn assert_exactly_once(expected: &[String], counts: &std::collections::HashM
 }
 
 /// Wait until both processes' logs show a partition assignment (they share the group).
-pub async fn wait_both_assigned(a: &ServiceProcess, b: &ServiceProcess) {
+pub async fn wait_both_assigned(a: &mut ServiceProcess, b: &mut ServiceProcess) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(a.log().contains("partitions assigned") && b.log().contains("partitions assigned")) {
+        for p in [&mut *a, &mut *b] {
+            if let Some(status) = p.exited() {
+                panic!("an instance exited with {status}:\n{}", p.log());
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "both instances get partitions:\n{}\n{}",

@@ -271,7 +271,7 @@ async fn the_state_follows_partitions_when_an_instance_dies() {
     produce_input(&run).await;
     let mut a = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
     let mut b = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "b"));
-    wait_both_assigned(&a, &b).await;
+    wait_both_assigned(&mut a, &mut b).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     a.kill9();
     wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut b]).await;

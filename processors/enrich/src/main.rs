@@ -1,0 +1,150 @@
+//! `nectar-enrich`: canonical events in, events with their `enrichment` section filled out,
+//! exactly once for what it writes to Kafka. The optional external API may be called again
+//! for an event replayed after a crash (its answers are cached); that is the one side effect
+//! outside the transaction.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
+use nectar_core::events::{EVENT_ID_HEADER, Event};
+use nectar_core::processor::{
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers,
+};
+use nectar_core::schema::{self, Codec, CodecError};
+use nectar_enrich::{EnrichConfig, Enricher};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    kafka: KafkaConfig,
+    schema_registry: RegistryConfig,
+    admin: AdminConfig,
+    #[serde(default)]
+    log: LogConfig,
+    processor: ProcessorConfig,
+    topics: Topics,
+    #[serde(default)]
+    enrich: EnrichConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Topics {
+    input: String,
+    output: String,
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.kafka.validate(errors);
+        self.schema_registry.validate(errors);
+        self.log.validate(errors);
+        self.processor.validate(errors);
+        if let Err(e) = Enricher::new(&self.enrich) {
+            errors.push(format!("enrich: {e}"));
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nectar-enrich",
+    version,
+    about = "Adds derived facts to canonical events, exactly once."
+)]
+struct Cli {
+    #[arg(long, short, env = "NECTAR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+struct Enrich {
+    enricher: Enricher,
+    codec: Arc<Codec>,
+    output: String,
+}
+
+fn codec_error(what: &str, e: CodecError) -> ProcessError {
+    match e {
+        CodecError::Unavailable(m) => ProcessError::Retry(format!("{what}: {m}")),
+        CodecError::Invalid(m) => ProcessError::Reject(format!("{what}: {m}")),
+    }
+}
+
+impl Processor for Enrich {
+    async fn process(&mut self, record: &InputRecord) -> Result<Vec<Output>, ProcessError> {
+        let payload = record
+            .payload
+            .as_deref()
+            .ok_or_else(|| ProcessError::Reject("the record has no value".into()))?;
+        let mut event: Event = self
+            .codec
+            .decode(payload)
+            .await
+            .map_err(|e| codec_error("cannot decode the event", e))?;
+        self.enricher.enrich(&mut event).await;
+        let payload = self
+            .codec
+            .encode(&self.output, &schema::EVENT, &event)
+            .await
+            .map_err(|e| codec_error("cannot encode the enriched event", e))?;
+        let mut headers = carried_headers(record);
+        headers.push((EVENT_ID_HEADER.to_owned(), event.envelope.event_id.clone().into_bytes()));
+        Ok(vec![Output {
+            topic: self.output.clone(),
+            partition: None,
+            key: record.key.clone(),
+            payload: Some(payload),
+            headers,
+        }])
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config: Config = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nectar-enrich: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    nectar_core::telemetry::init(&config.log);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("nectar-enrich: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let codec = Arc::new(Codec::new(&config.schema_registry)?);
+    if config.schema_registry.auto_register {
+        codec
+            .register(&config.topics.output, &schema::EVENT)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the event schema: {e}"))?;
+    }
+    let enricher = Enricher::new(&config.enrich).map_err(anyhow::Error::msg)?;
+    let processor = Enrich {
+        enricher,
+        codec,
+        output: config.topics.output,
+    };
+    let settings = LoopSettings {
+        name: "enrich".into(),
+        kafka: config.kafka,
+        processor: config.processor,
+        inputs: vec![config.topics.input],
+    };
+    nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
+}
