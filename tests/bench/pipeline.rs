@@ -82,7 +82,7 @@ fn env(topics: &Topics, name: &str, run: &str) -> Vec<(String, String)> {
 }
 
 fn form(i: usize, run: &str) -> FormSubmitted {
-    let email = format!("lead{}@{}", i % 2000, if i % 3 == 0 { "gmail.com" } else { "acme.com" });
+    let email = format!("lead{}@{}", i % 2000, if i.is_multiple_of(3) { "gmail.com" } else { "acme.com" });
     let now = nectar_core::events::now_millis();
     FormSubmitted {
         envelope: Envelope {
@@ -97,7 +97,7 @@ fn form(i: usize, run: &str) -> FormSubmitted {
             consent: None,
         },
         form_id: "contact".into(),
-        form_type: Some(if i % 5 == 0 { "demo_request" } else { "contact" }.into()),
+        form_type: Some(if i.is_multiple_of(5) { "demo_request" } else { "contact" }.into()),
         email: Some(email),
         fields: HashMap::from([("name".to_owned(), format!("Lead {i}")), ("company".to_owned(), "Acme".to_owned())]),
         page_url: Some("https://www.example.com/pricing?utm_source=newsletter&utm_medium=email".into()),
