@@ -171,8 +171,13 @@ impl Record {
 /// Every record on `topic` (from the beginning), reading until `expected` records arrived or
 /// `settle` passed without a new one once at least `expected` are in.
 pub async fn read_topic(topic: &str, expected: usize) -> Vec<Record> {
+    read_topic_within(topic, expected, Duration::from_secs(30)).await
+}
+
+/// [`read_topic`] with a longer wait for the expected records to arrive.
+pub async fn read_topic_within(topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_topic_blocking(&topic, expected, Duration::from_secs(30)))
+    tokio::task::spawn_blocking(move || read_topic_blocking(&topic, expected, timeout))
         .await
         .expect("reader thread")
 }

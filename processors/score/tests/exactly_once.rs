@@ -278,3 +278,71 @@ async fn the_state_follows_partitions_when_an_instance_dies() {
     assert!(b.terminate().success(), "graceful stop:\n{}", b.log());
     check(&run).await;
 }
+
+/// An erasure request removes the lead's state (a tombstone on the changelog) and passes on
+/// for the sinks; a later event starts the lead from nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_tombstones_the_lead_and_later_events_start_over() {
+    let run = setup().await;
+    let codec = codec();
+    codec.register(&run.input, &schema::EVENT).await.expect("schema");
+    let producer: FutureProducer =
+        nectar_core::kafka::idempotent_producer(&kafka_config(), "score-erasure").expect("producer");
+    let lead = nectar_core::ids::lead_key("acme", Some("gone@example.com"), None).expect("key");
+    let types = [
+        "lead.captured",
+        "demo.requested",
+        nectar_score::ERASURE,
+        "lead.captured",
+    ];
+    for (i, event_type) in types.iter().enumerate() {
+        let event = Event::new(Envelope {
+            event_id: format!("erase-{i}"),
+            event_type: (*event_type).to_owned(),
+            occurred_at: 1_790_000_000_000 + i as i64,
+            received_at: 0,
+            source: "test".into(),
+            workspace_id: "acme".into(),
+            lead_key: Some(lead.clone()),
+            trace_parent: None,
+            consent: None,
+        });
+        let payload = codec.encode(&run.input, &schema::EVENT, &event).await.expect("encode");
+        producer
+            .send(
+                FutureRecord::to(&run.input).key(&lead).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("sent");
+    }
+    let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
+    wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut process]).await;
+    assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
+
+    let mut outputs = HashMap::new();
+    for r in read_topic(&run.output, types.len()).await {
+        let event: Event = codec.decode(&r.payload).await.expect("decodes");
+        outputs.insert(event.envelope.event_id.clone(), event);
+    }
+    assert!(
+        outputs["erase-2"].score.is_none(),
+        "the erasure request passes on unscored"
+    );
+    assert_eq!(
+        outputs["erase-3"].score.as_ref().map(|s| s.value),
+        Some(10.0),
+        "after erasure the lead starts from nothing"
+    );
+
+    let changelog = read_topic(&run.changelog, 4).await;
+    let for_lead: Vec<_> = changelog
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(lead.as_str()))
+        .collect();
+    assert_eq!(for_lead.len(), 4, "three states and one tombstone");
+    assert!(for_lead[2].payload.is_empty(), "the erasure writes a tombstone");
+    let last: LeadState = codec.decode(&for_lead[3].payload).await.expect("state");
+    assert_eq!(last.events, 1);
+}
