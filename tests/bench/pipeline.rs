@@ -253,6 +253,9 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
     .iter()
     .map(|t| TopicSpec::new(t.as_str(), 3))
     .collect();
+    // The delivery topic measured is created here, before anything reads it (route would
+    // create it only when it starts).
+    specs.push(TopicSpec::new(format!("{}postgres", topics.deliver_prefix), 3));
     let mut changelog = TopicSpec::new(&topics.changelog, 3);
     changelog.config.push(("cleanup.policy".into(), "compact".into()));
     specs.push(changelog);
