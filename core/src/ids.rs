@@ -29,6 +29,20 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// Whether `email` is a deliverable-looking address: an RFC 5322 addr-spec (as the
+/// `email_address` crate parses it) without display name or domain literal, a dot in the
+/// domain, at most 254 characters. Forms are for reachable people, not `root@localhost`.
+pub fn valid_email(email: &str) -> bool {
+    email.len() <= 254
+        && email_address::EmailAddress::parse_with_options(
+            email,
+            email_address::Options::default()
+                .without_display_text()
+                .without_domain_literal(),
+        )
+        .is_ok_and(|a| a.domain().contains('.'))
+}
+
 /// The stable key of a lead within a workspace: a hash of the normalized e-mail, else of the
 /// anonymous id. It is the Kafka message key, so one lead's events share a partition.
 pub fn lead_key(workspace_id: &str, email: Option<&str>, anonymous_id: Option<&str>) -> Option<String> {

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod kafka;
 pub mod processor;
 pub mod schema;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

@@ -529,7 +529,11 @@ impl<P: Processor> Loop<P> {
                 .on_assigned(&log.assigned)
                 .map_err(|e| anyhow::anyhow!("on_assigned: {e}"))?;
         }
-        if let Ok(assignment) = self.consumer.assignment() {
+        // Only after a rebalance: `assignment()` is a round trip to librdkafka's main thread,
+        // far too slow to make for every record.
+        if (!log.assigned.is_empty() || !log.revoked.is_empty())
+            && let Ok(assignment) = self.consumer.assignment()
+        {
             self.metrics
                 .assigned_partitions
                 .set(i64::try_from(assignment.count()).unwrap_or(i64::MAX));
@@ -771,6 +775,15 @@ pub fn dead_letter(dlq_topic: &str, stage: &str, record: &InputRecord, reason: &
         key: record.key.clone(),
         payload: record.payload.clone(),
         headers,
+    }
+}
+
+/// A codec failure as a processing outcome: the registry being unreachable is worth a retry;
+/// a value that does not fit its schema never will be.
+pub fn codec_error(what: &str, e: crate::schema::CodecError) -> ProcessError {
+    match e {
+        crate::schema::CodecError::Unavailable(m) => ProcessError::Retry(format!("{what}: {m}")),
+        crate::schema::CodecError::Invalid(m) => ProcessError::Reject(format!("{what}: {m}")),
     }
 }
 

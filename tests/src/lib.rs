@@ -454,3 +454,43 @@ pub async fn wait_both_assigned(a: &mut ServiceProcess, b: &mut ServiceProcess) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The environment a processor binary runs with in tests: the local stack, an ephemeral
+/// admin port, its group, instance id and DLQ, small batches (more transactions in flight
+/// when a kill lands), plus `extra` (its topics).
+pub fn processor_env(group: &str, instance: &str, dlq: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        (
+            "NECTAR_KAFKA__BOOTSTRAP_SERVERS",
+            kafka_config().bootstrap_servers.as_str(),
+        ),
+        ("NECTAR_SCHEMA_REGISTRY__URL", registry_config().url.as_str()),
+        ("NECTAR_ADMIN__LISTEN", "127.0.0.1:0"),
+        ("NECTAR_LOG__FILTER", "warn,nectar_core=info,nectar_score=info"),
+        ("NECTAR_PROCESSOR__GROUP_ID", group),
+        ("NECTAR_PROCESSOR__INSTANCE_ID", instance),
+        ("NECTAR_PROCESSOR__DLQ_TOPIC", dlq),
+        ("NECTAR_PROCESSOR__MAX_BATCH", "200"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env
+}
+
+impl ServiceProcess {
+    /// SIGKILL and restart the process `times` times, each after a random pause in
+    /// `pause_ms`; fails (with its log) if it exits on its own in between.
+    pub async fn kill_at_random_moments(&mut self, times: usize, pause_ms: std::ops::Range<u64>) {
+        use rand::Rng;
+        for _ in 0..times {
+            let pause = rand::rng().random_range(pause_ms.clone());
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if let Some(status) = self.exited() {
+                panic!("{} exited with {status}:\n{}", self.bin.display(), self.log());
+            }
+            self.restart();
+        }
+    }
+}

@@ -44,17 +44,9 @@ pub(crate) fn normalize(raw: &str) -> String {
     nectar_core::ids::normalize_email(raw)
 }
 
-/// Syntax only, as ingest checks it: an RFC 5322 addr-spec per the `email_address` crate, no
-/// display name or domain literal, a dot in the domain, at most 254 characters.
+/// Syntax only, exactly as ingest checks it (`nectar_core::ids::valid_email`).
 pub(crate) fn is_valid(email: &str) -> bool {
-    email.len() <= 254
-        && email_address::EmailAddress::parse_with_options(
-            email,
-            email_address::Options::default()
-                .without_display_text()
-                .without_domain_literal(),
-        )
-        .is_ok_and(|a| a.domain().contains('.'))
+    nectar_core::ids::valid_email(email)
 }
 
 /// The domain of a normalized address: after the last `@`, without a trailing dot; `None`

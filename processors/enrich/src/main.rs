@@ -11,9 +11,9 @@ use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
 use nectar_core::events::{EVENT_ID_HEADER, Event};
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
 };
-use nectar_core::schema::{self, Codec, CodecError};
+use nectar_core::schema::{self, Codec};
 use nectar_enrich::{EnrichConfig, Enricher};
 use serde::Deserialize;
 
@@ -38,6 +38,12 @@ struct Config {
 struct Topics {
     input: String,
     output: String,
+}
+
+impl nectar_core::service::ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
 }
 
 impl Validate for Config {
@@ -67,13 +73,6 @@ struct Enrich {
     enricher: Enricher,
     codec: Arc<Codec>,
     output: String,
-}
-
-fn codec_error(what: &str, e: CodecError) -> ProcessError {
-    match e {
-        CodecError::Unavailable(m) => ProcessError::Retry(format!("{what}: {m}")),
-        CodecError::Invalid(m) => ProcessError::Reject(format!("{what}: {m}")),
-    }
 }
 
 impl Processor for Enrich {
@@ -108,22 +107,7 @@ impl Processor for Enrich {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: Config = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nectar-enrich: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    nectar_core::telemetry::init(&config.log);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("nectar-enrich: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nectar_core::service::main("nectar-enrich", DEFAULTS, cli.config.as_deref(), run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -9,9 +9,9 @@ use nectar_core::events::{Context, Envelope, Event, Person};
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::schema;
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, kafka_config, read_topic, registry_config, unique, wait_caught_up,
+    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, read_topic, unique, wait_caught_up,
 };
-use rand::Rng;
+
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const EVENTS: usize = 10_000;
@@ -90,30 +90,14 @@ async fn sigkill_at_random_moments_enriches_every_event_once() {
         futures::future::join_all(sends).await;
     }
 
-    let env: Vec<(String, String)> = [
-        ("NECTAR_KAFKA__BOOTSTRAP_SERVERS", kafka_config().bootstrap_servers),
-        ("NECTAR_SCHEMA_REGISTRY__URL", registry_config().url),
-        ("NECTAR_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-        ("NECTAR_LOG__FILTER", "warn,nectar_core=info".to_owned()),
-        ("NECTAR_TOPICS__INPUT", input.clone()),
-        ("NECTAR_TOPICS__OUTPUT", output.clone()),
-        ("NECTAR_PROCESSOR__GROUP_ID", group.clone()),
-        ("NECTAR_PROCESSOR__INSTANCE_ID", "a".to_owned()),
-        ("NECTAR_PROCESSOR__DLQ_TOPIC", dlq.clone()),
-        ("NECTAR_PROCESSOR__MAX_BATCH", "200".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = processor_env(
+        &group,
+        "a",
+        &dlq,
+        &[("NECTAR_TOPICS__INPUT", &input), ("NECTAR_TOPICS__OUTPUT", &output)],
+    );
     let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-enrich"), env);
-    let mut rng = rand::rng();
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(600..2000))).await;
-        if let Some(status) = process.exited() {
-            panic!("nectar-enrich exited with {status}:\n{}", process.log());
-        }
-        process.restart();
-    }
+    process.kill_at_random_moments(4, 600..2000).await;
     wait_caught_up(&group, std::slice::from_ref(&input), &mut [&mut process]).await;
     assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
 

@@ -9,9 +9,9 @@ use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RawTopics, RegistryConfig, Validate};
 use nectar_core::events::{AppEvent, EVENT_ID_HEADER, Event, FormSubmitted, WebhookReceived};
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
 };
-use nectar_core::schema::{self, Codec, CodecError};
+use nectar_core::schema::{self, Codec};
 use nectar_normalize::{NormalizeConfig, Normalizer};
 use serde::Deserialize;
 
@@ -37,6 +37,12 @@ struct Config {
 struct OutputConfig {
     /// Where canonical events go.
     topic: String,
+}
+
+impl nectar_core::service::ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
 }
 
 impl Validate for Config {
@@ -68,13 +74,6 @@ struct Normalize {
     codec: Arc<Codec>,
     topics: RawTopics,
     output: String,
-}
-
-fn codec_error(what: &str, e: CodecError) -> ProcessError {
-    match e {
-        CodecError::Unavailable(m) => ProcessError::Retry(format!("{what}: {m}")),
-        CodecError::Invalid(m) => ProcessError::Reject(format!("{what}: {m}")),
-    }
 }
 
 impl Normalize {
@@ -134,22 +133,7 @@ impl Processor for Normalize {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: Config = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nectar-normalize: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    nectar_core::telemetry::init(&config.log);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("nectar-normalize: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nectar_core::service::main("nectar-normalize", DEFAULTS, cli.config.as_deref(), run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

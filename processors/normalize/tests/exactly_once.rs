@@ -12,10 +12,10 @@ use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::dlq_headers;
 use nectar_producer::{AppEventBuilder, NectarProducer};
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, fresh_topics, kafka_config, read_topic, registry_config, unique,
-    wait_both_assigned, wait_caught_up,
+    ServiceProcess, assert_exactly_once, codec, fresh_topics, kafka_config, processor_env, read_topic, registry_config,
+    unique, wait_both_assigned, wait_caught_up,
 };
-use rand::Rng;
+
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const FORMS: usize = 12_000;
@@ -47,24 +47,17 @@ async fn setup() -> Run {
 }
 
 fn env(run: &Run, instance: &str) -> Vec<(String, String)> {
-    [
-        ("NECTAR_KAFKA__BOOTSTRAP_SERVERS", kafka_config().bootstrap_servers),
-        ("NECTAR_SCHEMA_REGISTRY__URL", registry_config().url),
-        ("NECTAR_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-        ("NECTAR_LOG__FILTER", "warn,nectar_core=info".to_owned()),
-        ("NECTAR_TOPICS__FORMS", run.topics.forms.clone()),
-        ("NECTAR_TOPICS__WEBHOOKS", run.topics.webhooks.clone()),
-        ("NECTAR_TOPICS__APPS", run.topics.apps.clone()),
-        ("NECTAR_OUTPUT__TOPIC", run.output.clone()),
-        ("NECTAR_PROCESSOR__GROUP_ID", run.group.clone()),
-        ("NECTAR_PROCESSOR__INSTANCE_ID", instance.to_owned()),
-        ("NECTAR_PROCESSOR__DLQ_TOPIC", run.dlq.clone()),
-        // Small batches: more transactions in flight when the kills land.
-        ("NECTAR_PROCESSOR__MAX_BATCH", "200".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    processor_env(
+        &run.group,
+        instance,
+        &run.dlq,
+        &[
+            ("NECTAR_TOPICS__FORMS", &run.topics.forms),
+            ("NECTAR_TOPICS__WEBHOOKS", &run.topics.webhooks),
+            ("NECTAR_TOPICS__APPS", &run.topics.apps),
+            ("NECTAR_OUTPUT__TOPIC", &run.output),
+        ],
+    )
 }
 
 /// Produce the input: forms, app events and undecodable poison records. Returns the event
@@ -184,14 +177,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let run = setup().await;
     let expected = produce_input(&run).await;
     let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), env(&run, "a"));
-    let mut rng = rand::rng();
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
-        if let Some(status) = process.exited() {
-            panic!("nectar-normalize exited with {status}:\n{}", process.log());
-        }
-        process.restart();
-    }
+    process.kill_at_random_moments(5, 800..2500).await;
     wait_caught_up(&run.group, &inputs(&run), &mut [&mut process]).await;
     assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
 

@@ -11,9 +11,9 @@ use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, V
 use nectar_core::events::{EVENT_ID_HEADER, Event};
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
 };
-use nectar_core::schema::{self, Codec, CodecError};
+use nectar_core::schema::{self, Codec};
 use nectar_route::{RouteConfig, Router};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
@@ -41,6 +41,12 @@ struct Topics {
     input: String,
     deliver_prefix: String,
     create_partitions: i32,
+}
+
+impl nectar_core::service::ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
 }
 
 impl Validate for Config {
@@ -81,10 +87,11 @@ impl Processor for Route {
             .payload
             .as_deref()
             .ok_or_else(|| ProcessError::Reject("the record has no value".into()))?;
-        let event: Event = self.codec.decode(payload).await.map_err(|e| match e {
-            CodecError::Unavailable(m) => ProcessError::Retry(m),
-            CodecError::Invalid(m) => ProcessError::Reject(format!("cannot decode the event: {m}")),
-        })?;
+        let event: Event = self
+            .codec
+            .decode(payload)
+            .await
+            .map_err(|e| codec_error("cannot decode the event", e))?;
         let (sinks, matched, failed) = self.router.route(&event);
         for failure in &failed {
             tracing::debug!(
@@ -120,22 +127,7 @@ impl Processor for Route {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: Config = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nectar-route: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    nectar_core::telemetry::init(&config.log);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("nectar-route: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nectar_core::service::main("nectar-route", DEFAULTS, cli.config.as_deref(), run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -17,9 +17,9 @@ use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, V
 use nectar_core::events::{EVENT_ID_HEADER, Event, LeadState};
 use nectar_core::ids;
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
 };
-use nectar_core::schema::{self, Codec, CodecError};
+use nectar_core::schema::{self, Codec};
 use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -48,6 +48,12 @@ struct Topics {
     input: String,
     output: String,
     changelog: String,
+}
+
+impl nectar_core::service::ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
 }
 
 impl Validate for Config {
@@ -81,13 +87,6 @@ struct Score {
     stores: HashMap<i32, HashMap<String, LeadState>>,
     /// Previous values of the keys changed in the open transaction.
     undo: Vec<(i32, String, Option<LeadState>)>,
-}
-
-fn codec_error(what: &str, e: CodecError) -> ProcessError {
-    match e {
-        CodecError::Unavailable(m) => ProcessError::Retry(format!("{what}: {m}")),
-        CodecError::Invalid(m) => ProcessError::Reject(format!("{what}: {m}")),
-    }
 }
 
 impl Score {
@@ -277,22 +276,7 @@ impl Processor for Score {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: Config = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nectar-score: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    nectar_core::telemetry::init(&config.log);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("nectar-score: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    nectar_core::service::main("nectar-score", DEFAULTS, cli.config.as_deref(), run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::schema;
 use nectar_score::{STAGE_CHANGED, ScoreModel, ScoreRules};
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, kafka_config, read_topic, registry_config, unique, wait_both_assigned,
+    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, read_topic, unique, wait_both_assigned,
     wait_caught_up,
 };
 use rand::{Rng, SeedableRng};
@@ -74,25 +74,16 @@ mod toml_config {
 }
 
 fn env(run: &Run, instance: &str) -> Vec<(String, String)> {
-    [
-        ("NECTAR_KAFKA__BOOTSTRAP_SERVERS", kafka_config().bootstrap_servers),
-        ("NECTAR_SCHEMA_REGISTRY__URL", registry_config().url),
-        ("NECTAR_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "NECTAR_LOG__FILTER",
-            "warn,nectar_core=info,nectar_score=info".to_owned(),
-        ),
-        ("NECTAR_TOPICS__INPUT", run.input.clone()),
-        ("NECTAR_TOPICS__OUTPUT", run.output.clone()),
-        ("NECTAR_TOPICS__CHANGELOG", run.changelog.clone()),
-        ("NECTAR_PROCESSOR__GROUP_ID", run.group.clone()),
-        ("NECTAR_PROCESSOR__INSTANCE_ID", instance.to_owned()),
-        ("NECTAR_PROCESSOR__DLQ_TOPIC", run.dlq.clone()),
-        ("NECTAR_PROCESSOR__MAX_BATCH", "200".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    processor_env(
+        &run.group,
+        instance,
+        &run.dlq,
+        &[
+            ("NECTAR_TOPICS__INPUT", &run.input),
+            ("NECTAR_TOPICS__OUTPUT", &run.output),
+            ("NECTAR_TOPICS__CHANGELOG", &run.changelog),
+        ],
+    )
 }
 
 /// Produce enriched events for `LEADS` leads; returns them.
@@ -247,14 +238,7 @@ async fn sigkill_at_random_moments_keeps_scores_equal_to_an_uninterrupted_run() 
     let run = setup().await;
     produce_input(&run).await;
     let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
-    let mut rng = rand::rng();
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
-        if let Some(status) = process.exited() {
-            panic!("nectar-score exited with {status}:\n{}", process.log());
-        }
-        process.restart();
-    }
+    process.kill_at_random_moments(5, 800..2500).await;
     wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut process]).await;
     assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
     assert!(

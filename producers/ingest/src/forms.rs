@@ -154,18 +154,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Syntax only (RFC 5322 addr-spec as the `email_address` crate checks it) and a dot in the
-/// domain: a form is for reachable people, not `root@localhost`.
-pub fn valid_email(email: &str) -> bool {
-    email.len() <= 254
-        && email_address::EmailAddress::parse_with_options(
-            email,
-            email_address::Options::default()
-                .without_display_text()
-                .without_domain_literal(),
-        )
-        .is_ok_and(|a| a.domain().contains('.'))
-}
+pub use nectar_core::ids::valid_email;
 
 type Parsed = (HashMap<String, String>, Option<Consent>);
 
