@@ -1074,9 +1074,12 @@ async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Shutdown starts as soon as the first request has been answered, with the others in
+    // flight.
+    let (answered, mut first_answer) = tokio::sync::mpsc::unbounded_channel::<()>();
     let requests: Vec<_> = (0..40)
         .map(|i| {
-            let (http, url) = (http.clone(), format!("{base}/v1/events"));
+            let (http, url, answered) = (http.clone(), format!("{base}/v1/events"), answered.clone());
             tokio::spawn(async move {
                 let response = http
                     .post(url)
@@ -1085,13 +1088,14 @@ async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_
                     .send()
                     .await
                     .ok()?;
+                let _ = answered.send(());
                 let status = response.status();
                 let body: Value = response.json().await.ok()?;
                 Some((status, body["event_id"].as_str().map(str::to_owned)))
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    first_answer.recv().await.expect("a request is answered");
     stop.send(()).expect("server running");
     let mut acknowledged = HashSet::new();
     for request in requests {

@@ -8,6 +8,8 @@
 //!
 //! Values are `[0x00][schema id: u32 big-endian][Avro binary body]`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
@@ -154,6 +156,7 @@ pub struct Codec {
     auto_register: bool,
     http: reqwest::Client,
     config: RegistryConfig,
+    strategies: RwLock<HashMap<(String, &'static str), Arc<SubjectNameStrategy>>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -183,15 +186,27 @@ impl Codec {
             auto_register: config.auto_register,
             http: reqwest::Client::builder().timeout(timeout).build()?,
             config: config.clone(),
+            strategies: RwLock::default(),
         })
     }
 
-    fn strategy(&self, topic: &str, schema: &EventSchema) -> SubjectNameStrategy {
-        if self.auto_register {
+    /// The subject strategy of `schema` on `topic`, built once: resolving the schema text is
+    /// JSON work far too heavy to repeat for every record encoded.
+    fn strategy(&self, topic: &str, schema: &EventSchema) -> Arc<SubjectNameStrategy> {
+        let key = (topic.to_owned(), schema.name);
+        if let Some(strategy) = self.strategies.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return strategy.clone();
+        }
+        let strategy = Arc::new(if self.auto_register {
             SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), false, schema.supplied())
         } else {
             SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false)
-        }
+        });
+        self.strategies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, strategy.clone());
+        strategy
     }
 
     /// Register `schema` under `<topic>-value` with BACKWARD compatibility enforced by the
@@ -247,7 +262,8 @@ impl Codec {
         schema: &EventSchema,
         item: &T,
     ) -> Result<Vec<u8>, CodecError> {
-        let result = self.encoder.encode_struct(item, &self.strategy(topic, schema)).await;
+        let strategy = self.strategy(topic, schema);
+        let result = self.encoder.encode_struct(item, &strategy).await;
         if result.as_ref().is_err_and(|e| e.cached) {
             // Do not keep a refusal forever: the registry may be fixed without a restart.
             self.encoder.remove_errors_from_cache();
