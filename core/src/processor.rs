@@ -787,14 +787,37 @@ pub fn codec_error(what: &str, e: crate::schema::CodecError) -> ProcessError {
     }
 }
 
-/// Headers to carry from an input to its outputs: the trace context.
-pub fn carried_headers(record: &InputRecord) -> Vec<(String, Vec<u8>)> {
-    record
+/// Headers of an output event: the input's trace context, and the event id.
+pub fn event_headers(record: &InputRecord, event_id: &str) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
         .filter(|(k, _)| k == crate::trace::TRACEPARENT)
         .cloned()
-        .collect()
+        .collect();
+    headers.push((crate::events::EVENT_ID_HEADER.to_owned(), event_id.as_bytes().to_vec()));
+    headers
+}
+
+/// `event` encoded as `io.nectar.Event` for `topic`, keyed by `key`, with [`event_headers`].
+pub async fn event_output(
+    codec: &crate::schema::Codec,
+    topic: &str,
+    event: &crate::events::Event,
+    key: Option<Vec<u8>>,
+    record: &InputRecord,
+) -> Result<Output, ProcessError> {
+    let payload = codec
+        .encode(topic, &crate::schema::EVENT, event)
+        .await
+        .map_err(|e| codec_error(&format!("cannot encode the event for {topic}"), e))?;
+    Ok(Output {
+        topic: topic.to_owned(),
+        partition: None,
+        key,
+        payload: Some(payload),
+        headers: event_headers(record, &event.envelope.event_id),
+    })
 }
 
 /// Run a processor as a service: the admin endpoints, the loop, and shutdown on SIGTERM

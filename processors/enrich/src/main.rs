@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
-use nectar_core::events::{EVENT_ID_HEADER, Event};
+use nectar_core::events::Event;
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_enrich::{EnrichConfig, Enricher};
@@ -87,20 +87,9 @@ impl Processor for Enrich {
             .await
             .map_err(|e| codec_error("cannot decode the event", e))?;
         self.enricher.enrich(&mut event).await;
-        let payload = self
-            .codec
-            .encode(&self.output, &schema::EVENT, &event)
-            .await
-            .map_err(|e| codec_error("cannot encode the enriched event", e))?;
-        let mut headers = carried_headers(record);
-        headers.push((EVENT_ID_HEADER.to_owned(), event.envelope.event_id.clone().into_bytes()));
-        Ok(vec![Output {
-            topic: self.output.clone(),
-            partition: None,
-            key: record.key.clone(),
-            payload: Some(payload),
-            headers,
-        }])
+        Ok(vec![
+            event_output(&self.codec, &self.output, &event, record.key.clone(), record).await?,
+        ])
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RawTopics, RegistryConfig, Validate};
-use nectar_core::events::{AppEvent, EVENT_ID_HEADER, Event, FormSubmitted, WebhookReceived};
+use nectar_core::events::{AppEvent, Event, FormSubmitted, WebhookReceived};
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_normalize::{NormalizeConfig, Normalizer};
@@ -89,21 +89,8 @@ impl Normalize {
     }
 
     async fn encode(&self, event: &Event, record: &InputRecord) -> Result<Output, ProcessError> {
-        let payload = self
-            .codec
-            .encode(&self.output, &schema::EVENT, event)
-            .await
-            .map_err(|e| codec_error("cannot encode the canonical event", e))?;
         let key = event.envelope.lead_key.as_deref().unwrap_or(&event.envelope.event_id);
-        let mut headers = carried_headers(record);
-        headers.push((EVENT_ID_HEADER.to_owned(), event.envelope.event_id.clone().into_bytes()));
-        Ok(Output {
-            topic: self.output.clone(),
-            partition: None,
-            key: Some(key.as_bytes().to_vec()),
-            payload: Some(payload),
-            headers,
-        })
+        event_output(&self.codec, &self.output, event, Some(key.as_bytes().to_vec()), record).await
     }
 }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
-use nectar_core::events::{EVENT_ID_HEADER, Event};
+use nectar_core::events::Event;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_headers,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_route::{RouteConfig, Router};
@@ -105,8 +105,7 @@ impl Processor for Route {
         if sinks.is_empty() {
             self.unrouted.inc();
         }
-        let mut headers = carried_headers(record);
-        headers.push((EVENT_ID_HEADER.to_owned(), event.envelope.event_id.clone().into_bytes()));
+        let mut headers = event_headers(record, &event.envelope.event_id);
         headers.push((RULES_HEADER.to_owned(), matched.join(",").into_bytes()));
         Ok(sinks
             .into_iter()

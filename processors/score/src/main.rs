@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
-use nectar_core::events::{EVENT_ID_HEADER, Event, LeadState};
+use nectar_core::events::{Event, LeadState};
 use nectar_core::ids;
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, carried_headers, codec_error,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
@@ -120,20 +120,7 @@ impl Score {
     }
 
     async fn event_output(&self, event: &Event, record: &InputRecord) -> Result<Output, ProcessError> {
-        let payload = self
-            .codec
-            .encode(&self.topics.output, &schema::EVENT, event)
-            .await
-            .map_err(|e| codec_error("encoding the scored event", e))?;
-        let mut headers = carried_headers(record);
-        headers.push((EVENT_ID_HEADER.to_owned(), event.envelope.event_id.clone().into_bytes()));
-        Ok(Output {
-            topic: self.topics.output.clone(),
-            partition: None,
-            key: record.key.clone(),
-            payload: Some(payload),
-            headers,
-        })
+        event_output(&self.codec, &self.topics.output, event, record.key.clone(), record).await
     }
 
     /// Read changelog partition `partition` to its end into a fresh store.
