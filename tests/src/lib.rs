@@ -5,6 +5,10 @@
 //! Addresses come from the same variables the services read (`NECTAR_KAFKA__BOOTSTRAP_SERVERS`,
 //! `NECTAR_SCHEMA_REGISTRY__URL`), with the local stack's defaults.
 
+pub mod fakes;
+pub mod proxy;
+pub mod sink;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -346,6 +350,11 @@ impl ServiceProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 }
 

@@ -1,0 +1,449 @@
+//! The connector: checks the cluster at start, installs the index template, and turns a
+//! delivery into `_bulk` requests whose answers it classifies (see `bulk.rs`).
+//!
+//! Whole-call answers: `429`, `408`, `5xx` and transport errors retry the whole call (with
+//! the cluster's `Retry-After`, if a proxy in front of it sends one); `401`/`403` are fatal
+//! (credentials rejected); `413` (the request is over the cluster's `http.max_content_length`)
+//! rejects a lone document and is fatal for several (lower `target.max_bulk_bytes`); any
+//! other `4xx` means the request itself is wrong for this cluster and is fatal too, so the
+//! sink stops instead of dead-lettering every event.
+
+use std::time::Duration;
+
+use nectar_sink::http::{classify_status, error_chain, excerpt, transport_error};
+use nectar_sink::{Connector, Delivery, DeliveryError, Item, ItemResult, StartError};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde_json::Value;
+
+use crate::bulk::{self, BulkEntry, MAX_ID_BYTES};
+use crate::config::{Auth, ElasticsearchConfig};
+use crate::index::IndexTemplate;
+use crate::mapping::{self, TemplateSettings};
+
+/// Delivers events to an Elasticsearch or OpenSearch cluster.
+#[derive(Debug)]
+pub struct ElasticsearchConnector {
+    client: reqwest::Client,
+    base: String,
+    index: IndexTemplate,
+    pipeline: Option<String>,
+    template: Option<(String, Value)>,
+    max_bulk_bytes: usize,
+    max_bulk_items: usize,
+}
+
+impl ElasticsearchConnector {
+    /// A connector for `config`; `request_timeout` bounds each HTTP request.
+    pub fn new(config: &ElasticsearchConfig, request_timeout: Duration) -> anyhow::Result<Self> {
+        let index = config.index_template().map_err(anyhow::Error::msg)?;
+        let mut headers = HeaderMap::new();
+        match config.auth() {
+            Auth::None => {}
+            Auth::Basic { username, password } => {
+                use base64::Engine;
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+                headers.insert(AUTHORIZATION, sensitive(&format!("Basic {token}"))?);
+            }
+            Auth::ApiKey(key) => {
+                headers.insert(AUTHORIZATION, sensitive(&format!("ApiKey {}", key.expose().trim()))?);
+            }
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("nectar-sink-elasticsearch/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("target.ca_file: {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("target.ca_file: {}: {e}", path.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let client = builder.build()?;
+        let template = config.install_template.then(|| {
+            let settings = TemplateSettings {
+                number_of_shards: config.number_of_shards,
+                number_of_replicas: config.number_of_replicas,
+            };
+            (
+                config.template_name(),
+                mapping::index_template(&index, config.template_priority, &settings),
+            )
+        });
+        Ok(Self {
+            client,
+            base: config.base_url(),
+            index,
+            pipeline: config.pipeline.clone(),
+            template,
+            max_bulk_bytes: config.max_bulk_bytes,
+            max_bulk_items: config.max_bulk_items,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// The `_bulk` URL, with the pipeline if one is configured.
+    pub fn bulk_url(&self) -> String {
+        match &self.pipeline {
+            Some(p) => self.url(&format!("_bulk?pipeline={p}")),
+            None => self.url("_bulk"),
+        }
+    }
+
+    /// The NDJSON entry for `item`, or why the item can never be a document.
+    pub fn entry(&self, item: &Item) -> Result<BulkEntry, ItemResult> {
+        let id = item.event_id();
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(ItemResult::reject(
+                format!(
+                    "event id of {} bytes cannot be a document _id (1 to {MAX_ID_BYTES} bytes)",
+                    id.len()
+                ),
+                String::new(),
+            ));
+        }
+        let envelope = &item.event.envelope;
+        let index = self
+            .index
+            .render(envelope.occurred_at, &envelope.workspace_id)
+            .map_err(|e| ItemResult::reject(format!("no index for this event: {e}"), String::new()))?;
+        let document = mapping::document(&item.event)
+            .map_err(|e| ItemResult::reject(format!("event does not serialize to JSON: {e}"), String::new()))?;
+        BulkEntry::new(&index, id, &document)
+            .map_err(|e| ItemResult::reject(format!("event does not serialize to JSON: {e}"), String::new()))
+    }
+
+    /// Send one `_bulk` request with `entries`; one result per entry.
+    async fn send(&self, entries: &[&BulkEntry]) -> Result<Vec<ItemResult>, DeliveryError> {
+        let body: String = entries.iter().map(|e| e.lines.as_str()).collect();
+        let response = self
+            .client
+            .post(self.bulk_url())
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.map_err(|e| transport_error(&e))?;
+        if let Some(e) = classify_status(status, &headers, &text) {
+            return Err(e);
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            if let [entry] = entries {
+                return Ok(vec![ItemResult::reject(
+                    format!(
+                        "document of {} bytes is larger than the cluster accepts (HTTP 413, http.max_content_length)",
+                        entry.lines.len()
+                    ),
+                    excerpt(&text),
+                )]);
+            }
+            return Err(DeliveryError::Fatal(format!(
+                "HTTP 413: a _bulk request of {} documents is over the cluster's http.max_content_length; \
+                 lower target.max_bulk_bytes (now {}): {}",
+                entries.len(),
+                self.max_bulk_bytes,
+                excerpt(&text)
+            )));
+        }
+        if !status.is_success() {
+            return Err(DeliveryError::Fatal(format!(
+                "_bulk answered HTTP {}: {}",
+                status.as_u16(),
+                excerpt(&text)
+            )));
+        }
+        bulk::classify_response(&text, entries)
+    }
+
+    async fn get_root(&self) -> Result<Value, StartError> {
+        let response = self
+            .client
+            .get(self.url(""))
+            .send()
+            .await
+            .map_err(|e| StartError::Unreachable(format!("{}: {}", self.base, error_chain(&e))))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match start_status(status, &text, "GET /") {
+            Some(e) => Err(e),
+            None => serde_json::from_str(&text).map_err(|e| {
+                StartError::Config(format!(
+                    "{} is not Elasticsearch or OpenSearch (GET / is not JSON: {e}): {}",
+                    self.base,
+                    excerpt(&text)
+                ))
+            }),
+        }
+    }
+
+    async fn check_pipeline(&self, pipeline: &str) -> Result<(), StartError> {
+        let response = self
+            .client
+            .get(self.url(&format!("_ingest/pipeline/{pipeline}")))
+            .send()
+            .await
+            .map_err(|e| StartError::Unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(StartError::Config(format!(
+                "target.pipeline: the cluster has no ingest pipeline `{pipeline}`"
+            ))),
+            // Reading pipelines needs a cluster privilege a write-only key may lack.
+            StatusCode::FORBIDDEN => {
+                tracing::warn!(pipeline, "cannot check that the ingest pipeline exists (HTTP 403)");
+                Ok(())
+            }
+            s => match start_status(s, &text, "GET _ingest/pipeline") {
+                Some(e) => Err(e),
+                None => Ok(()),
+            },
+        }
+    }
+
+    async fn install_template(&self, name: &str, body: &Value) -> Result<(), StartError> {
+        let response = self
+            .client
+            .put(self.url(&format!("_index_template/{name}")))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| StartError::Unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match start_status(status, &text, &format!("PUT _index_template/{name}")) {
+            Some(StartError::Credentials(m)) => Err(StartError::Credentials(format!(
+                "{m} (installing the index template needs the manage_index_templates privilege; \
+                 or set target.install_template = false)"
+            ))),
+            Some(e) => Err(e),
+            None => {
+                tracing::info!(template = name, pattern = %self.index.pattern(), "index template installed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A header value that is never printed.
+fn sensitive(value: &str) -> anyhow::Result<HeaderValue> {
+    let mut v =
+        HeaderValue::from_str(value).map_err(|_| anyhow::anyhow!("target: credentials are not a valid header"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The start-check meaning of a status: credentials, unreachable (retried), or wrong config.
+fn start_status(status: StatusCode, body: &str, what: &str) -> Option<StartError> {
+    if status.is_success() {
+        return None;
+    }
+    let detail = format!("{what} answered HTTP {}: {}", status.as_u16(), excerpt(body));
+    Some(match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StartError::Credentials(detail),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+            StartError::Unreachable(detail)
+        }
+        _ => StartError::Config(detail),
+    })
+}
+
+/// `(distribution, version)` from `GET /`: Elasticsearch has no `distribution`.
+fn product(root: &Value) -> (String, String) {
+    let version = &root["version"];
+    let number = version["number"].as_str().unwrap_or("unknown").to_owned();
+    let distribution = version["distribution"].as_str().unwrap_or("elasticsearch").to_owned();
+    (distribution, number)
+}
+
+/// Whether this cluster has composable index templates (Elasticsearch 7.8+, every OpenSearch).
+fn has_composable_templates(distribution: &str, version: &str) -> bool {
+    if distribution == "opensearch" {
+        return true;
+    }
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (7, 8)
+}
+
+impl Connector for ElasticsearchConnector {
+    fn name(&self) -> &str {
+        "elasticsearch"
+    }
+
+    async fn start(&self) -> Result<(), StartError> {
+        let root = self.get_root().await?;
+        let (distribution, version) = product(&root);
+        tracing::info!(url = %self.base, %distribution, %version, "cluster reachable");
+        if let Some(pipeline) = &self.pipeline {
+            self.check_pipeline(pipeline).await?;
+        }
+        if let Some((name, body)) = &self.template {
+            if !has_composable_templates(&distribution, &version) {
+                return Err(StartError::Config(format!(
+                    "{distribution} {version} has no composable index templates (_index_template needs \
+                     Elasticsearch 7.8+ or OpenSearch); set target.install_template = false"
+                )));
+            }
+            self.install_template(name, body).await?;
+        }
+        Ok(())
+    }
+
+    fn max_items(&self) -> usize {
+        self.max_bulk_items
+    }
+
+    async fn deliver(&self, delivery: Delivery<'_>) -> Result<Vec<ItemResult>, DeliveryError> {
+        let items = delivery.items;
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut entries = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match self.entry(item) {
+                Ok(entry) => {
+                    entries.push(entry);
+                    positions.push(i);
+                }
+                Err(rejected) => results[i] = Some(rejected),
+            }
+        }
+        // Requests one after another: a whole-call failure of a later one fails the call,
+        // and the earlier ones are sent again on the retry, overwriting the same `_id`s.
+        for range in bulk::chunks(&entries, self.max_bulk_bytes) {
+            let chunk: Vec<&BulkEntry> = entries[range.clone()].iter().collect();
+            let answers = self.send(&chunk).await?;
+            for (answer, &position) in answers.into_iter().zip(&positions[range]) {
+                results[position] = Some(answer);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| ItemResult::retry("no answer for this document")))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use nectar_core::events::{Envelope, Event};
+
+    use super::*;
+
+    fn connector(toml: &str) -> ElasticsearchConnector {
+        #[derive(serde::Deserialize)]
+        struct Wrapper {
+            target: ElasticsearchConfig,
+        }
+        let config = <figment::providers::Toml as figment::providers::Format>::string(toml);
+        let config: Wrapper = figment::Figment::from(config).extract().unwrap();
+        ElasticsearchConnector::new(&config.target, Duration::from_secs(5)).unwrap()
+    }
+
+    fn item(id: &str, occurred_at: i64) -> Item {
+        let event = Event::new(Envelope {
+            event_id: id.into(),
+            event_type: "form.submitted".into(),
+            occurred_at,
+            received_at: occurred_at,
+            source: "form:contact".into(),
+            workspace_id: "acme".into(),
+            lead_key: None,
+            trace_parent: None,
+            consent: None,
+        });
+        Item {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Vec::new(),
+            headers: Vec::new(),
+            timestamp: None,
+            event: Arc::new(event),
+            attempts: 0,
+            maybe_delivered: false,
+        }
+    }
+
+    #[test]
+    fn entry_targets_the_event_day_with_the_event_id() {
+        let c = connector("[target]");
+        let entry = c.entry(&item("ev-1", 1_700_000_000_000)).unwrap();
+        assert_eq!(entry.index, "nectar-events-2023.11.14");
+        assert_eq!(entry.id, "ev-1");
+        let doc: Value = serde_json::from_str(entry.lines.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(doc["envelope"]["event_id"], "ev-1");
+        assert_eq!(doc["@timestamp"], 1_700_000_000_000_i64);
+        assert_eq!(c.bulk_url(), "http://127.0.0.1:9200/_bulk");
+        assert_eq!(c.max_items(), 1000);
+    }
+
+    #[test]
+    fn events_that_cannot_be_documents_are_rejected_before_sending() {
+        let c = connector("[target]");
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        assert!(matches!(c.entry(&item(&long, 0)), Err(ItemResult::Reject { reason, .. }) if reason.contains("_id")));
+        assert!(
+            matches!(c.entry(&item("ev", i64::MAX)), Err(ItemResult::Reject { reason, .. }) if reason.contains("no index"))
+        );
+    }
+
+    #[test]
+    fn pipeline_and_path_prefix_shape_the_bulk_url() {
+        let c = connector("[target]\nurl = \"https://es.example.com/es/\"\npipeline = \"nectar\"");
+        assert_eq!(c.bulk_url(), "https://es.example.com/es/_bulk?pipeline=nectar");
+    }
+
+    #[test]
+    fn start_statuses_are_classified() {
+        assert!(
+            matches!(start_status(StatusCode::UNAUTHORIZED, "{}", "GET /"), Some(StartError::Credentials(m)) if m.contains("401"))
+        );
+        assert!(matches!(
+            start_status(StatusCode::FORBIDDEN, "", "GET /"),
+            Some(StartError::Credentials(_))
+        ));
+        assert!(matches!(
+            start_status(StatusCode::SERVICE_UNAVAILABLE, "", "GET /"),
+            Some(StartError::Unreachable(_))
+        ));
+        assert!(matches!(
+            start_status(StatusCode::BAD_REQUEST, "", "PUT"),
+            Some(StartError::Config(_))
+        ));
+        assert_eq!(start_status(StatusCode::OK, "", "GET /"), None);
+    }
+
+    #[test]
+    fn versions_with_composable_templates() {
+        let os: Value = serde_json::json!({"version": {"distribution": "opensearch", "number": "1.3.0"}});
+        let (d, v) = product(&os);
+        assert!(has_composable_templates(&d, &v));
+        let es: Value = serde_json::json!({"version": {"number": "8.11.1", "build_flavor": "default"}});
+        assert_eq!(product(&es).0, "elasticsearch");
+        assert!(has_composable_templates("elasticsearch", "8.11.1"));
+        assert!(has_composable_templates("elasticsearch", "7.8.0"));
+        assert!(!has_composable_templates("elasticsearch", "7.7.1"));
+        assert!(!has_composable_templates("elasticsearch", "6.8.23"));
+    }
+
+    #[test]
+    fn credentials_are_sent_but_never_printed() {
+        let c = connector("[target]\napi_key = \"c2VjcmV0\"");
+        assert!(!format!("{c:?}").contains("c2VjcmV0"));
+        let c = connector("[target]\nusername = \"elastic\"\npassword = \"changeme\"");
+        assert!(!format!("{c:?}").contains("changeme"));
+    }
+}

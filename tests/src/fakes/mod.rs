@@ -1,0 +1,8 @@
+//! Local fakes of the SaaS APIs the sinks deliver to (they cannot be reached from here).
+//! Each checks every request exactly as the vendor documents it and answers as the vendor
+//! does, errors and rate limits included, and records what it accepted so tests can count
+//! deliveries by event id. Failures are injected per test.
+
+pub mod bigquery;
+pub mod hubspot;
+pub mod slack;
