@@ -35,9 +35,12 @@ enum Bench {
     /// Each stream processor's throughput and the end-to-end latency through all four, vs.
     /// Kafka's ConsumerPerformance and ProducerPerformance.
     Pipeline(pipeline::PipelineArgs),
+    /// The PostgreSQL and OpenSearch sinks vs. bulk writes straight to the target.
+    Sinks(sinks::SinksArgs),
 }
 
 mod pipeline;
+mod sinks;
 
 #[derive(Debug, clap::Args)]
 struct IngestArgs {
@@ -281,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
         Bench::Ingest(args) => args,
         Bench::Pipeline(args) => return pipeline::run(args).await,
+        Bench::Sinks(args) => return sinks::run(args).await,
     };
     let bin = args
         .ingest_bin

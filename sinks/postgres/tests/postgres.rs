@@ -494,7 +494,13 @@ async fn terminated_sessions_and_refused_connections_lose_nothing() {
     assert_eq!(log_counts.len(), expected.len());
     sink.kill9();
     pool.close().await;
-    exec(&admin, &format!("DROP DATABASE {database} WITH (FORCE)")).await;
+    // Clean-up only: a session still closing can make the drop fail; the test is done.
+    if let Err(e) = admin
+        .execute(sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)")))
+        .await
+    {
+        eprintln!("leaving database {database} behind: {e}");
+    }
 }
 
 /// Done-when 3, 4 and 5: a CHECK constraint refuses some rows of each batch. Only those are

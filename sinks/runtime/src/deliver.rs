@@ -149,8 +149,11 @@ impl<C: Connector> Deliverer<C> {
     /// batch may be committed then.
     pub async fn deliver_batch(&self, records: Vec<Record>) -> Result<(), String> {
         self.metrics.batch_size.observe(records.len() as f64);
+        let size = records.len();
+        let started = Instant::now();
         let positions = positions_of(&records);
         let mut pending = self.decode_all(records).await;
+        let decoded = started.elapsed();
         let max_items = self.connector.max_items().max(1);
         let mut round = 0u32;
         while !pending.is_empty() {
@@ -236,6 +239,14 @@ impl<C: Connector> Deliverer<C> {
                 round = round.saturating_add(1);
             }
         }
+        tracing::debug!(
+            sink = %self.name,
+            events = size,
+            rounds = round + 1,
+            decode_ms = decoded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
         Ok(())
     }
 
