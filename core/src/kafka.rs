@@ -138,3 +138,26 @@ pub async fn probe_topic(producer: &FutureProducer, topic: &str, timeout: Durati
     .await
     .map_err(|e| format!("metadata probe panicked: {e}"))?
 }
+
+/// Set `lag{topic, partition}` to how far `consumer`'s position is behind the end of each
+/// partition it owns (one watermark request per partition, each bounded by `timeout`).
+pub fn record_lag<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    lag: &prometheus::IntGaugeVec,
+    timeout: Duration,
+) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::topic_partition_list::Offset;
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for element in positions.elements() {
+        let Offset::Offset(position) = element.offset() else {
+            continue;
+        };
+        if let Ok((_, high)) = consumer.fetch_watermarks(element.topic(), element.partition(), timeout) {
+            lag.with_label_values(&[element.topic(), &element.partition().to_string()])
+                .set((high - position).max(0));
+        }
+    }
+}

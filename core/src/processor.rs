@@ -706,23 +706,7 @@ impl<P: Processor> Loop<P> {
     }
 
     fn update_lag(&self) {
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        for element in positions.elements() {
-            let Offset::Offset(position) = element.offset() else {
-                continue;
-            };
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
-            {
-                self.metrics
-                    .lag
-                    .with_label_values(&[element.topic(), &element.partition().to_string()])
-                    .set((high - position).max(0));
-            }
-        }
+        crate::kafka::record_lag(&self.consumer, &self.metrics.lag, Duration::from_secs(1));
     }
 }
 
