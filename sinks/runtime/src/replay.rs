@@ -79,6 +79,8 @@ pub fn parse_time(value: &str) -> anyhow::Result<i64> {
 }
 
 struct Selected {
+    /// The dead letter's reason, for `--dry-run` (its headers are dropped from `headers`).
+    reason: String,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
@@ -111,7 +113,7 @@ pub async fn run(kafka: &KafkaConfig, sink: &SinkConfig, args: &ReplayArgs) -> a
                     .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default()
             };
-            println!("{}\t{}", header(EVENT_ID_HEADER), header(dlq_headers::REASON));
+            println!("{}\t{}", header(EVENT_ID_HEADER), s.reason);
         }
         return Ok(report);
     }
@@ -237,6 +239,7 @@ fn scan(
                 continue;
             }
         }
+        let reason = header(dlq_headers::REASON).unwrap_or_default();
         let origin = format!("{dlq}/{p}/{}", message.offset());
         let mut kept: Vec<(String, Vec<u8>)> = headers
             .into_iter()
@@ -244,6 +247,7 @@ fn scan(
             .collect();
         kept.push((sink_dlq_headers::REPLAYED_FROM.to_owned(), origin.into_bytes()));
         selected.push(Selected {
+            reason,
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers: kept,
