@@ -21,7 +21,8 @@ use nectar_core::processor::{
 };
 use nectar_core::schema::{self, Codec};
 use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -126,13 +127,14 @@ impl Score {
     /// Read changelog partition `partition` to its end into a fresh store.
     fn rebuild(&self, partition: i32) -> Result<HashMap<String, LeadState>, ProcessError> {
         let retry = |e: rdkafka::error::KafkaError| ProcessError::Retry(format!("reading the changelog: {e}"));
-        let consumer: BaseConsumer = nectar_core::kafka::client_config(&self.kafka, "nectar-score-restore")
-            .set("group.id", "nectar-score-restore")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(retry)?;
+        let consumer: BaseConsumer<RestoreContext> =
+            nectar_core::kafka::client_config(&self.kafka, "nectar-score-restore")
+                .set("group.id", "nectar-score-restore")
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true")
+                .create_with_context(RestoreContext)
+                .map_err(retry)?;
         let (low, high) = consumer
             .fetch_watermarks(&self.topics.changelog, partition, Duration::from_secs(10))
             .map_err(retry)?;
@@ -296,3 +298,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
 }
+
+/// The changelog restore consumer's context: the end of the partition is how a rebuild knows
+/// it is done, not an error to log (librdkafka also reports it as a global error, which the
+/// default context logs at ERROR on every rebuild).
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
