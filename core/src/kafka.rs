@@ -161,3 +161,16 @@ pub fn record_lag<C: rdkafka::consumer::ConsumerContext>(
         }
     }
 }
+
+/// A consumed record's headers, owned (a header without a value becomes an empty one).
+pub fn owned_headers<M: rdkafka::message::Message>(message: &M) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -15,7 +15,7 @@ use nectar_core::events::EVENT_ID_HEADER;
 use nectar_core::kafka::{client_config, idempotent_producer};
 use nectar_core::processor::dlq_headers;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -209,14 +209,7 @@ fn scan(
             continue;
         }
         scanned += 1;
-        let headers: Vec<(String, Vec<u8>)> = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers: Vec<(String, Vec<u8>)> = nectar_core::kafka::owned_headers(&message);
         let header = |name: &str| {
             headers
                 .iter()

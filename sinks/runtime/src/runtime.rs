@@ -31,7 +31,7 @@ use nectar_core::schema::Codec;
 use prometheus::Registry;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 
@@ -439,14 +439,7 @@ impl<C: Connector> SinkLoop<C> {
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: nectar_core::kafka::owned_headers(message),
             timestamp: message.timestamp().to_millis(),
             maybe_delivered,
         };
