@@ -57,6 +57,7 @@ fn config(group: &str, dlq: &str) -> ProcessorConfig {
         transaction_timeout_ms: 60_000,
         call_timeout_ms: 30_000,
         dlq_topic: dlq.into(),
+        session_timeout_ms: 45_000,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod events;
 pub mod ids;
 pub mod kafka;
 pub mod processor;
+pub mod replay;
 pub mod schema;
 pub mod service;
 pub mod shutdown;

@@ -63,7 +63,20 @@ pub struct ProcessorConfig {
     pub call_timeout_ms: u64,
     /// Where records that can never be processed go, with the reason in headers.
     pub dlq_topic: String,
+    /// The input consumer's `session.timeout.ms`: how long a crashed instance keeps its
+    /// partitions before the group gives them to another one. Kafka's default, 45 s; the
+    /// broker accepts `group.min.session.timeout.ms`..=`group.max.session.timeout.ms`
+    /// (6 s..=5 min by default).
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
 }
+
+fn default_session_timeout_ms() -> u64 {
+    45_000
+}
+
+/// The broker's default `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
+const SESSION_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 6_000..=300_000;
 
 impl ProcessorConfig {
     pub fn validate(&self, errors: &mut Vec<String>) {
@@ -81,6 +94,14 @@ impl ProcessorConfig {
         }
         if self.dlq_topic.trim().is_empty() {
             errors.push("processor.dlq_topic: must not be empty".into());
+        }
+        if !SESSION_TIMEOUT_RANGE_MS.contains(&self.session_timeout_ms) {
+            errors.push(format!(
+                "processor.session_timeout_ms: must be between {} and {} (the broker's default \
+                 group.min.session.timeout.ms and group.max.session.timeout.ms)",
+                SESSION_TIMEOUT_RANGE_MS.start(),
+                SESSION_TIMEOUT_RANGE_MS.end()
+            ));
         }
     }
 
@@ -434,9 +455,15 @@ impl<P: Processor> Loop<P> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", settings.processor.session_timeout_ms.to_string())
             // Eager rebalancing: every revocation aborts the open transaction, so the simple,
             // whole-assignment protocol is the one whose behaviour is easy to reason about.
             .set("partition.assignment.strategy", "range");
+        // Before `processor.session_timeout_ms` existed, `kafka.properties` was the way to set
+        // it: such a configuration keeps working.
+        if let Some(value) = settings.kafka.properties.get("session.timeout.ms") {
+            consumer_config.set("session.timeout.ms", value.expose());
+        }
         let consumer: BaseConsumer<LoopContext> = consumer_config.create_with_context(context)?;
         let topics: Vec<&str> = settings.inputs.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -837,4 +864,50 @@ pub async fn run_service<P: Processor + 'static>(
     let _ = admin_stop.send(());
     let _ = admin.await;
     result.map_err(|e| anyhow::anyhow!("processor loop task: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECTION: &str = r#"
+        group_id = "nectar-test"
+        max_batch = 500
+        commit_interval_ms = 100
+        transaction_timeout_ms = 60000
+        call_timeout_ms = 30000
+        dlq_topic = "nectar.dlq.test"
+    "#;
+
+    fn parse(extra: &str) -> ProcessorConfig {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(&format!("{SECTION}\n{extra}")))
+            .extract()
+            .expect("parses")
+    }
+
+    fn problems(config: &ProcessorConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        config.validate(&mut errors);
+        errors
+    }
+
+    #[test]
+    fn session_timeout_defaults_to_kafkas_45_seconds() {
+        let config = parse("");
+        assert_eq!(config.session_timeout_ms, 45_000);
+        assert!(problems(&config).is_empty(), "{:?}", problems(&config));
+    }
+
+    #[test]
+    fn session_timeout_outside_the_brokers_range_is_refused_by_key() {
+        for ok in [6_000, 300_000] {
+            assert!(problems(&parse(&format!("session_timeout_ms = {ok}"))).is_empty());
+        }
+        for bad in [5_999, 300_001, 0] {
+            let errors = problems(&parse(&format!("session_timeout_ms = {bad}")));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("processor.session_timeout_ms:"), "{errors:?}");
+        }
+    }
 }

@@ -3,17 +3,16 @@
 //! for an event replayed after a crash (its answers are cached); that is the one side effect
 //! outside the transaction.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
 use nectar_core::events::Event;
 use nectar_core::processor::{
     InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
+use nectar_core::service::{Binary, ProcessorServiceConfig};
 use nectar_enrich::{EnrichConfig, Enricher};
 use serde::Deserialize;
 
@@ -46,6 +45,15 @@ impl nectar_core::service::ServiceConfig for Config {
     }
 }
 
+impl ProcessorServiceConfig for Config {
+    fn kafka(&self) -> &KafkaConfig {
+        &self.kafka
+    }
+    fn processor(&self) -> &ProcessorConfig {
+        &self.processor
+    }
+}
+
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.kafka.validate(errors);
@@ -56,17 +64,6 @@ impl Validate for Config {
             errors.push(format!("enrich: {e}"));
         }
     }
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "nectar-enrich",
-    version,
-    about = "Adds derived facts to canonical events, exactly once."
-)]
-struct Cli {
-    #[arg(long, short, env = "NECTAR_CONFIG")]
-    config: Option<PathBuf>,
 }
 
 struct Enrich {
@@ -95,8 +92,12 @@ impl Processor for Enrich {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    nectar_core::service::main("nectar-enrich", DEFAULTS, cli.config.as_deref(), run).await
+    let binary = Binary {
+        name: "nectar-enrich",
+        about: "Adds derived facts to canonical events, exactly once.",
+        defaults: DEFAULTS,
+    };
+    nectar_core::service::processor_main(binary, run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

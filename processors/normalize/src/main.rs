@@ -1,17 +1,16 @@
 //! `nectar-normalize`: raw forms, app events and vendor webhooks in, canonical
 //! `io.nectar.Event`s out, exactly once (see `nectar_core::processor`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RawTopics, RegistryConfig, Validate};
 use nectar_core::events::{AppEvent, Event, FormSubmitted, WebhookReceived};
 use nectar_core::processor::{
     InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
+use nectar_core::service::{Binary, ProcessorServiceConfig};
 use nectar_normalize::{NormalizeConfig, Normalizer};
 use serde::Deserialize;
 
@@ -45,6 +44,15 @@ impl nectar_core::service::ServiceConfig for Config {
     }
 }
 
+impl ProcessorServiceConfig for Config {
+    fn kafka(&self) -> &KafkaConfig {
+        &self.kafka
+    }
+    fn processor(&self) -> &ProcessorConfig {
+        &self.processor
+    }
+}
+
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.kafka.validate(errors);
@@ -55,17 +63,6 @@ impl Validate for Config {
             errors.push(format!("normalize: {e}"));
         }
     }
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "nectar-normalize",
-    version,
-    about = "Raw events in, canonical events out, exactly once."
-)]
-struct Cli {
-    #[arg(long, short, env = "NECTAR_CONFIG")]
-    config: Option<PathBuf>,
 }
 
 /// The processor: decode by input topic, map, encode.
@@ -119,8 +116,12 @@ impl Processor for Normalize {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    nectar_core::service::main("nectar-normalize", DEFAULTS, cli.config.as_deref(), run).await
+    let binary = Binary {
+        name: "nectar-normalize",
+        about: "Raw events in, canonical events out, exactly once.",
+        defaults: DEFAULTS,
+    };
+    nectar_core::service::processor_main(binary, run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

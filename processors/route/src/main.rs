@@ -2,11 +2,9 @@
 //! `nectar.deliver.<sink>`, exactly once. The value is copied byte for byte: the same
 //! `io.nectar.Event` schema id, registered under every delivery topic's subject at start.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
 use nectar_core::events::Event;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
@@ -14,6 +12,7 @@ use nectar_core::processor::{
     InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_headers,
 };
 use nectar_core::schema::{self, Codec};
+use nectar_core::service::{Binary, ProcessorServiceConfig};
 use nectar_route::{RouteConfig, Router};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
@@ -49,6 +48,15 @@ impl nectar_core::service::ServiceConfig for Config {
     }
 }
 
+impl ProcessorServiceConfig for Config {
+    fn kafka(&self) -> &KafkaConfig {
+        &self.kafka
+    }
+    fn processor(&self) -> &ProcessorConfig {
+        &self.processor
+    }
+}
+
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.kafka.validate(errors);
@@ -59,17 +67,6 @@ impl Validate for Config {
             errors.extend(rule_errors);
         }
     }
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "nectar-route",
-    version,
-    about = "Routes events to per-sink delivery topics by CEL rules, exactly once."
-)]
-struct Cli {
-    #[arg(long, short, env = "NECTAR_CONFIG")]
-    config: Option<PathBuf>,
 }
 
 struct Route {
@@ -125,8 +122,12 @@ impl Processor for Route {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    nectar_core::service::main("nectar-route", DEFAULTS, cli.config.as_deref(), run).await
+    let binary = Binary {
+        name: "nectar-route",
+        about: "Routes events to per-sink delivery topics by CEL rules, exactly once.",
+        defaults: DEFAULTS,
+    };
+    nectar_core::service::processor_main(binary, run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

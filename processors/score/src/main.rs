@@ -7,12 +7,10 @@
 //! them, because it is written in the transaction.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
 use nectar_core::events::{Event, LeadState};
 use nectar_core::ids;
@@ -20,6 +18,7 @@ use nectar_core::processor::{
     InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
+use nectar_core::service::{Binary, ProcessorServiceConfig};
 use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -57,6 +56,15 @@ impl nectar_core::service::ServiceConfig for Config {
     }
 }
 
+impl ProcessorServiceConfig for Config {
+    fn kafka(&self) -> &KafkaConfig {
+        &self.kafka
+    }
+    fn processor(&self) -> &ProcessorConfig {
+        &self.processor
+    }
+}
+
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.kafka.validate(errors);
@@ -65,17 +73,6 @@ impl Validate for Config {
         self.processor.validate(errors);
         self.score.validate(errors);
     }
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "nectar-score",
-    version,
-    about = "Scores leads exactly once, with state in a compacted changelog."
-)]
-struct Cli {
-    #[arg(long, short, env = "NECTAR_CONFIG")]
-    config: Option<PathBuf>,
 }
 
 struct Score {
@@ -264,8 +261,12 @@ impl Processor for Score {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    nectar_core::service::main("nectar-score", DEFAULTS, cli.config.as_deref(), run).await
+    let binary = Binary {
+        name: "nectar-score",
+        about: "Scores leads exactly once, with state in a compacted changelog.",
+        defaults: DEFAULTS,
+    };
+    nectar_core::service::processor_main(binary, run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -28,8 +28,6 @@ pub mod sink_dlq_headers {
     pub const ATTEMPTS: &str = "nectar-dlq-attempts";
     /// The sink's name.
     pub const SINK: &str = "nectar-dlq-sink";
-    /// Set by replay: `<dlq topic>/<partition>/<offset>` the record was replayed from.
-    pub const REPLAYED_FROM: &str = "nectar-replayed-from";
 }
 
 /// The readiness check of the target: failing while requests to it keep failing.
@@ -424,7 +422,7 @@ pub(crate) fn dlq_headers_for(
     let mut headers: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with("nectar-dlq-") && k != sink_dlq_headers::REPLAYED_FROM)
+        .filter(|(k, _)| !nectar_core::replay::is_dead_letter_header(k))
         .cloned()
         .collect();
     headers.extend([

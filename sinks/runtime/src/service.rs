@@ -61,7 +61,13 @@ enum Command {
 
 /// Parse the command line, load the configuration and run the chosen command.
 pub async fn main<S: Sink>() -> ExitCode {
-    let matches = Cli::command().name(S::BINARY).about(S::ABOUT).get_matches();
+    let matches = Cli::command()
+        .name(S::BINARY)
+        .about(S::ABOUT)
+        .mut_subcommand("replay", |replay| {
+            replay.mut_arg("to", |to| to.help(crate::replay::TO_HELP))
+        })
+        .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
