@@ -12,6 +12,7 @@ use http::HeaderMap;
 use nectar_core::config::RawTopics;
 use nectar_core::events::{AppEvent, FormSubmitted, WebhookReceived};
 use nectar_ingest::signature::{SignatureSpec, SignedRequest};
+use nectar_tests::ingest::InProcessIngest;
 use nectar_tests::{TestIngest, count_raw, fresh_topics, ingest_config, read_topic};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -1046,33 +1047,9 @@ async fn confluents_python_client_decodes_every_raw_topic() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_kafka() {
     let topics = fresh_topics().await;
-    let mut config = ingest_config(&topics, &extra_config());
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-    };
-    config.ingest.listen = free_port();
-    config.admin.listen = free_port();
-    let (base, admin) = (
-        format!("http://{}", config.ingest.listen),
-        format!("http://{}", config.admin.listen),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(nectar_ingest::serve(config, async move {
-        let _ = stopped.await;
-    }));
+    let mut ingest = InProcessIngest::start(ingest_config(&topics, &extra_config())).await;
+    let base = ingest.base.clone();
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{admin}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(std::time::Instant::now() < deadline, "ingest did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // Shutdown starts as soon as the first request has been answered, with the others in
     // flight.
@@ -1096,7 +1073,7 @@ async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_
         })
         .collect();
     first_answer.recv().await.expect("a request is answered");
-    stop.send(()).expect("server running");
+    ingest.begin_shutdown();
     let mut acknowledged = HashSet::new();
     for request in requests {
         // None: the connection was refused after shutdown began, which a client retries.
@@ -1109,7 +1086,7 @@ async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_
             acknowledged.insert(id.expect("event_id"));
         }
     }
-    server.await.expect("server task").expect("serve returns cleanly");
+    ingest.shutdown().await;
     assert!(!acknowledged.is_empty());
     let records = read_topic(&topics.apps, acknowledged.len()).await;
     let mut on_kafka = HashSet::new();
@@ -1118,4 +1095,66 @@ async fn shutdown_answers_requests_in_flight_and_every_acknowledged_event_is_on_
         on_kafka.insert(event.envelope.event_id);
     }
     assert!(acknowledged.is_subset(&on_kafka), "every 202 is on Kafka");
+}
+
+/// On SIGTERM (here the shutdown future) ingest first reports not ready and keeps answering
+/// for `ingest.shutdown_drain_ms`, so a load balancer that has not yet seen the change loses
+/// no request; then it stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_reports_not_ready_and_keeps_answering_during_the_drain() {
+    let topics = fresh_topics().await;
+    let mut config = ingest_config(&topics, &extra_config());
+    config.ingest.shutdown_drain_ms = 3_000;
+    let mut ingest = InProcessIngest::start(config).await;
+    let (base, admin) = (ingest.base.clone(), ingest.admin.clone());
+    let http = reqwest::Client::new();
+
+    let stop_sent = std::time::Instant::now();
+    ingest.begin_shutdown();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let readyz = loop {
+        let response = http
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .expect("admin still up");
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break response.text().await.expect("body");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still 200 after the shutdown signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(readyz.contains("shutting down"), "/readyz says why: {readyz}");
+
+    // A request on a new connection, after the signal, is still answered and written.
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"type": "t", "properties": {"late": true}}))
+        .send()
+        .await
+        .expect("answered during the drain");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.expect("json");
+    let id = body["event_id"].as_str().expect("event_id").to_owned();
+
+    ingest.shutdown().await;
+    assert!(
+        stop_sent.elapsed() >= Duration::from_millis(3_000),
+        "stopped before the drain ended ({:?})",
+        stop_sent.elapsed()
+    );
+    assert!(
+        http.get(format!("{base}/healthz")).send().await.is_err(),
+        "the listener is closed after the drain"
+    );
+    let records = read_topic(&topics.apps, 1).await;
+    let event: AppEvent = nectar_tests::codec()
+        .decode(&records[0].payload)
+        .await
+        .expect("decodes");
+    assert_eq!(event.envelope.event_id, id);
 }

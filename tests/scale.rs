@@ -49,6 +49,7 @@ use nectar_core::config::RawTopics;
 use nectar_core::events::{EVENT_ID_HEADER, Event, now_millis};
 use nectar_core::ids::derived_event_id;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
+use nectar_tests::ingest::InProcessIngest;
 use nectar_tests::sink::{SinkTopics, sink_env};
 use nectar_tests::{
     Record, ServiceProcess, assert_exactly_once, codec, fresh_topics, ingest_config, kafka_config, processor_env,
@@ -409,54 +410,9 @@ fn ingest_extra() -> String {
     )
 }
 
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-#[derive(Debug)]
-struct Ingest {
-    base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Ingest {
-    async fn start(topics: &RawTopics, http: &reqwest::Client) -> Self {
-        let mut config = ingest_config(topics, &ingest_extra());
-        config.ingest.listen = free_port();
-        config.admin.listen = free_port();
-        let (base, admin) = (
-            format!("http://{}", config.ingest.listen),
-            format!("http://{}", config.admin.listen),
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(nectar_ingest::serve(config, async move {
-            let _ = stopped.await;
-        }));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !http
-            .get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(!server.is_finished(), "ingest stopped at start");
-            assert!(Instant::now() < deadline, "ingest did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Self { base, stop, server }
-    }
-
-    /// Graceful shutdown: requests in flight are answered, the producer flushed.
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        self.server
-            .await
-            .expect("ingest task")
-            .expect("ingest shuts down cleanly");
-    }
+/// One in-process ingest service (graceful shutdown = what SIGTERM does in the binary).
+async fn start_ingest(topics: &RawTopics) -> InProcessIngest {
+    InProcessIngest::start(ingest_config(topics, &ingest_extra())).await
 }
 
 /// The ingest instances a load balancer currently sends to: (slot, base URL).
@@ -989,10 +945,7 @@ async fn scenario(names: &Names, stages: &mut [Stage], pool: &PgPool, http: &req
         since(start)
     );
 
-    let mut ingests = vec![
-        Ingest::start(&names.raw, http).await,
-        Ingest::start(&names.raw, http).await,
-    ];
+    let mut ingests = vec![start_ingest(&names.raw).await, start_ingest(&names.raw).await];
     let endpoints: Endpoints = Arc::new(Mutex::new(
         ingests
             .iter()
@@ -1046,7 +999,7 @@ async fn scenario(names: &Names, stages: &mut [Stage], pool: &PgPool, http: &req
                 stopped_ingest.push((base, shutdown_began));
                 tokio::time::sleep(DOWN).await;
                 down.push((stopped, now_millis()));
-                let replacement = Ingest::start(&names.raw, http).await;
+                let replacement = start_ingest(&names.raw).await;
                 eprintln!("{} ingest {slot} started again at {}", since(start), replacement.base);
                 endpoints
                     .lock()

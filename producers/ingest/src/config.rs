@@ -45,6 +45,10 @@ pub struct IngestConfig {
     pub trust_forwarded_for: bool,
     /// How often the readiness probes check Kafka and the registry.
     pub probe_interval_ms: u64,
+    /// On SIGTERM, report not ready and keep answering requests this long before closing the
+    /// listener, so a load balancer (a Kubernetes Service's endpoints) stops sending new
+    /// connections first. 0 stops at once. Must stay well under the termination grace period.
+    pub shutdown_drain_ms: u64,
     pub forms: FormsConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
@@ -126,6 +130,9 @@ impl Validate for ServiceConfig {
         }
         if ingest.forms.rate_limit_per_minute == 0 || ingest.forms.rate_limit_burst == 0 {
             errors.push("ingest.forms.rate_limit_per_minute and rate_limit_burst: must be at least 1".into());
+        }
+        if ingest.shutdown_drain_ms > 60_000 {
+            errors.push("ingest.shutdown_drain_ms: must be at most 60000 (the drain delays every stop)".into());
         }
         if !(1..=1000).contains(&ingest.events.max_batch) {
             errors.push("ingest.events.max_batch: must be between 1 and 1000".into());

@@ -43,6 +43,24 @@ pub fn build(config: &ServiceConfig) -> anyhow::Result<(AppState, Registry)> {
     Ok((state, registry))
 }
 
+/// Report not ready and keep serving for `drain` (ended early by a second SIGTERM or Ctrl-C):
+/// a load balancer takes a moment to see the readiness change or the pod's removal, and
+/// connections it opens meanwhile would otherwise be refused or dropped unanswered.
+async fn drain_before_stop(readiness: &Readiness, drain: Duration) {
+    if drain.is_zero() {
+        return;
+    }
+    readiness.set("shutdown", Err("shutting down".into()));
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "not ready; still answering requests before stopping"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(drain) => {}
+        () = nectar_core::shutdown::signal() => tracing::info!("asked again: stopping now"),
+    }
+}
+
 /// Run the service until `shutdown` completes: answer in-flight requests, then flush the
 /// producer so nothing acknowledged to a client is left unsent.
 pub async fn serve(
@@ -68,10 +86,13 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("ingest.listen: cannot bind {}: {e}", config.ingest.listen))?;
     tracing::info!(addr = %config.ingest.listen, "ingest API listening");
     let producer = state.producer.clone();
+    let readiness = state.readiness.clone();
+    let drain = Duration::from_millis(config.ingest.shutdown_drain_ms);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
+            drain_before_stop(&readiness, drain).await;
             let _ = stop_tx.send(true);
         })
         .await?;
