@@ -5,7 +5,9 @@
 //! Addresses come from the same variables the services read (`NECTAR_KAFKA__BOOTSTRAP_SERVERS`,
 //! `NECTAR_SCHEMA_REGISTRY__URL`), with the local stack's defaults.
 
+pub mod dead_letters;
 pub mod fakes;
+pub mod ingest;
 pub mod proxy;
 pub mod sink;
 
@@ -174,8 +176,12 @@ impl Record {
 
 /// Every record on `topic` (from the beginning), reading until `expected` records arrived or
 /// `settle` passed without a new one once at least `expected` are in.
+///
+/// Waits up to 90 s: longer than the processors' 60 s `transaction_timeout_ms`. The open
+/// transaction of a SIGKILLed instance that nobody fences (a new instance id) holds every
+/// `read_committed` reader of its partitions back until the broker aborts it.
 pub async fn read_topic(topic: &str, expected: usize) -> Vec<Record> {
-    read_topic_within(topic, expected, Duration::from_secs(30)).await
+    read_topic_within(topic, expected, Duration::from_secs(90)).await
 }
 
 /// [`read_topic`] with a longer wait for the expected records to arrive.
@@ -289,6 +295,8 @@ pub struct ServiceProcess {
     env: Vec<(String, String)>,
     child: Option<std::process::Child>,
     log: PathBuf,
+    /// Length of the log when the running child was started: its own output follows.
+    log_start: u64,
 }
 
 impl ServiceProcess {
@@ -301,6 +309,7 @@ impl ServiceProcess {
             env,
             child: None,
             log,
+            log_start: 0,
         };
         process.spawn();
         process
@@ -312,6 +321,7 @@ impl ServiceProcess {
             .append(true)
             .open(&self.log)
             .expect("log file");
+        self.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let child = std::process::Command::new(&self.bin)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().expect("log"))
@@ -350,6 +360,13 @@ impl ServiceProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the running child has logged so far (not its predecessors).
+    pub fn current_log(&self) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let start = usize::try_from(self.log_start).unwrap_or(usize::MAX).min(log.len());
+        String::from_utf8_lossy(&log[start..]).into_owned()
     }
 
     /// The running process's id.
@@ -480,6 +497,8 @@ pub fn processor_env(group: &str, instance: &str, dlq: &str, extra: &[(&str, &st
         ("NECTAR_PROCESSOR__INSTANCE_ID", instance),
         ("NECTAR_PROCESSOR__DLQ_TOPIC", dlq),
         ("NECTAR_PROCESSOR__MAX_BATCH", "200"),
+        // A SIGKILLed instance's partitions move after this (the broker's minimum), not 45 s.
+        ("NECTAR_PROCESSOR__SESSION_TIMEOUT_MS", "6000"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -489,11 +508,27 @@ pub fn processor_env(group: &str, instance: &str, dlq: &str, extra: &[(&str, &st
 }
 
 impl ServiceProcess {
-    /// SIGKILL and restart the process `times` times, each after a random pause in
-    /// `pause_ms`; fails (with its log) if it exits on its own in between.
+    /// SIGKILL and restart a processor `times` times. Each kill comes a random pause in
+    /// `pause_ms` after the running instance logged its partitions' assignment, so every kill
+    /// lands while it owns partitions and works (on a loaded machine a restart can take longer
+    /// than the pause). Fails, with the log, if it exits on its own or gets no partitions
+    /// within 120 s.
     pub async fn kill_at_random_moments(&mut self, times: usize, pause_ms: std::ops::Range<u64>) {
         use rand::Rng;
         for _ in 0..times {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !self.current_log().contains("partitions assigned") {
+                if let Some(status) = self.exited() {
+                    panic!("{} exited with {status}:\n{}", self.bin.display(), self.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} got no partitions within 120 s:\n{}",
+                    self.bin.display(),
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let pause = rand::rng().random_range(pause_ms.clone());
             tokio::time::sleep(Duration::from_millis(pause)).await;
             if let Some(status) = self.exited() {
