@@ -60,6 +60,27 @@ app.kubernetes.io/component: {{ .stage.name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The image of the topics Job: apache/kafka, pinned by tag or digest. */}}
+{{- define "nectar.topics.image" -}}
+{{- $image := .Values.topics.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (toString $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A topic config's value as kafka-topics.sh --config takes it (YAML's 2 is a float to Helm). */}}
+{{- define "nectar.topics.configValue" -}}
+{{- if or (kindIs "float64" .) (kindIs "float32" .) -}}
+{{- if eq (floor .) (float64 .) -}}{{ int64 . }}{{- else -}}{{ toString . }}{{- end -}}
+{{- else if kindIs "bool" . -}}
+{{- ternary "true" "false" . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "nectar.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "nectar.fullname" .) .Values.serviceAccount.name -}}
@@ -125,8 +146,8 @@ $config "stage" "<name>" "keys" $secretKeys.
 {{/*
 The values of one stage: stageDefaults overridden by stages.<name> (maps merged key by key,
 lists replaced; existingSecret, extraVolumes and extraVolumeMounts of both apply), plus what
-the chart derives: name, kind, binary, resource name, consumer group, input topics, the
-capped maxReplicaCount and the rendered TOML. Context: dict "root" $ "name" "<stage>".
+the chart derives: name, kind, binary, workload kind, resource name, consumer group, input
+topics, the capped maxReplicaCount and the rendered TOML. Context: dict "root" $ "name" "<stage>".
 Returns YAML (include ... | fromYaml).
 */}}
 {{- define "nectar.stage" -}}
@@ -143,6 +164,14 @@ Returns YAML (include ... | fromYaml).
 {{- $_ := set $stage "name" $name -}}
 {{- $_ := set $stage "kind" $info.kind -}}
 {{- $_ := set $stage "binary" $info.binary -}}
+{{- $workload := $stage.workload | default "Deployment" -}}
+{{- if not (has $workload (list "Deployment" "StatefulSet")) -}}
+{{- fail (printf "stages.%s.workload: %s is neither Deployment nor StatefulSet" $name $workload) -}}
+{{- end -}}
+{{- if and (ne $workload "Deployment") (ne $info.kind "processor") -}}
+{{- fail (printf "stages.%s.workload: only processors (normalize, enrich, score, route) may be a StatefulSet" $name) -}}
+{{- end -}}
+{{- $_ := set $stage "workload" $workload -}}
 {{- $_ := set $stage "resourceName" (printf "%s-%s" (include "nectar.fullname" $root) $name) -}}
 {{- $_ := set $stage "existingSecrets" (list $root.Values.stageDefaults.existingSecret (get $own "existingSecret") | compact | uniq) -}}
 {{- $_ := set $stage "extraVolumes" (concat ($root.Values.stageDefaults.extraVolumes | default list) ((get $own "extraVolumes") | default list)) -}}

@@ -59,12 +59,19 @@ data:
 {{- end }}
 {{- end -}}
 
-{{- define "nectar.stage.deployment" -}}
+{{/*
+The stage's workload: a Deployment, or for a processor with `workload: StatefulSet` a
+StatefulSet with the same pod template. A StatefulSet's pods keep their names (<name>-0,
+-1, ...), so a replaced processor pod has its predecessor's transactional id and fences its
+open transaction when it starts. Its pods start and stop in parallel (they share nothing but
+the consumer group) and its governing Service is the stage's headless metrics Service.
+*/}}
+{{- define "nectar.stage.workload" -}}
 {{- $root := .root -}}
 {{- $stage := .stage -}}
 {{- $autoscaled := or (and (ne $stage.kind "ingest") $root.Values.autoscaling.enabled) (and (eq $stage.kind "ingest") $stage.hpa $stage.hpa.enabled) -}}
 apiVersion: apps/v1
-kind: Deployment
+kind: {{ $stage.workload }}
 metadata:
   name: {{ $stage.resourceName }}
   labels:
@@ -74,11 +81,20 @@ spec:
   replicas: {{ $stage.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
+  {{- if eq $stage.workload "StatefulSet" }}
+  serviceName: {{ $stage.resourceName }}-metrics
+  podManagementPolicy: Parallel
+  # One pod at a time, highest ordinal first: each stops (committing its transaction) before
+  # its replacement, with the same name, starts.
+  updateStrategy:
+    type: RollingUpdate
+  {{- else }}
   strategy:
     type: RollingUpdate
     rollingUpdate:
       maxSurge: 1
       maxUnavailable: 0
+  {{- end }}
   selector:
     matchLabels:
       {{- include "nectar.selectorLabels" . | nindent 6 }}
@@ -190,13 +206,6 @@ spec:
             periodSeconds: {{ $stage.probes.readiness.periodSeconds }}
             failureThreshold: {{ $stage.probes.readiness.failureThreshold }}
             timeoutSeconds: {{ $stage.probes.readiness.timeoutSeconds }}
-          {{- if and (eq $stage.kind "ingest") $stage.preStopSleepSeconds }}
-          lifecycle:
-            # Keep answering while the endpoint is removed from the Service; SIGTERM follows.
-            preStop:
-              exec:
-                command: ["sleep", {{ $stage.preStopSleepSeconds | toString | quote }}]
-          {{- end }}
           resources:
             {{- toYaml $stage.resources | nindent 12 }}
           securityContext:
@@ -278,6 +287,8 @@ metadata:
     {{- include "nectar.stageLabels" . | nindent 4 }}
 spec:
   scaleTargetRef:
+    apiVersion: apps/v1
+    kind: {{ $stage.workload }}
     name: {{ $stage.resourceName }}
   pollingInterval: {{ $root.Values.autoscaling.pollingInterval }}
   cooldownPeriod: {{ $root.Values.autoscaling.cooldownPeriod }}
