@@ -38,6 +38,15 @@ impl Readiness {
             .find_map(|(name, state)| state.as_ref().err().map(|e| (*name, e.clone())))
     }
 
+    /// The first failing check among `names`, if any.
+    pub fn failing_of(&self, names: &[&str]) -> Option<(&'static str, String)> {
+        let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
+        checks
+            .iter()
+            .filter(|(name, _)| names.contains(name))
+            .find_map(|(name, state)| state.as_ref().err().map(|e| (*name, e.clone())))
+    }
+
     pub fn is_ready(&self) -> bool {
         self.failing().is_none()
     }
@@ -105,4 +114,20 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    #[test]
+    fn failing_of_looks_only_at_the_named_checks() {
+        let readiness = Readiness::default();
+        readiness.set("kafka", Ok(()));
+        readiness.set("shutdown", Err("shutting down".into()));
+        assert_eq!(readiness.failing_of(&["kafka"]), None);
+        assert!(!readiness.is_ready());
+        readiness.set("kafka", Err("down".into()));
+        assert_eq!(readiness.failing_of(&["kafka"]), Some(("kafka", "down".to_owned())));
+    }
 }

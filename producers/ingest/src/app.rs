@@ -29,6 +29,9 @@ use crate::webhooks::{self, Delivery, Outcome, WebhookProfile, WebhookSource};
 
 pub const KAFKA_CHECK: &str = "kafka";
 pub const REGISTRY_CHECK: &str = "schema_registry";
+/// Failing from SIGTERM on: the load balancer should stop sending, but requests that still
+/// arrive are served.
+pub const SHUTDOWN_CHECK: &str = "shutdown";
 
 /// Everything a request needs. Cheap to clone.
 #[derive(Clone)]
@@ -73,9 +76,9 @@ impl AppState {
     }
 
     /// 503 at once when Kafka or the registry is known to be down, rather than after the
-    /// producer's timeout.
+    /// producer's timeout. (Not while shutting down: requests still arriving are served.)
     pub fn ensure_ready(&self) -> Result<(), AppError> {
-        match self.readiness.failing() {
+        match self.readiness.failing_of(&[KAFKA_CHECK, REGISTRY_CHECK]) {
             None => Ok(()),
             Some((check, reason)) => Err(AppError::unavailable(format!("{check} is unavailable: {reason}"))),
         }

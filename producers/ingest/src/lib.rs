@@ -50,7 +50,7 @@ async fn drain_before_stop(readiness: &Readiness, drain: Duration) {
     if drain.is_zero() {
         return;
     }
-    readiness.set("shutdown", Err("shutting down".into()));
+    readiness.set(app::SHUTDOWN_CHECK, Err("shutting down".into()));
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
         "not ready; still answering requests before stopping"
