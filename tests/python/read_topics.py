@@ -116,7 +116,9 @@ def main(argv=None):
     records = []
     error = None
 
-    registry = SchemaRegistryClient({"url": args.registry})
+    # A per-request timeout: the client has none by default and once waited forever on an
+    # answer the registry never sent; a timed-out request is retried (max.retries).
+    registry = SchemaRegistryClient({"url": args.registry, "timeout": 10})
     consumer = DeserializingConsumer(
         {
             "bootstrap.servers": args.bootstrap,
