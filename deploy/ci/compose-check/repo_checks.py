@@ -47,7 +47,7 @@ import yaml
 COMPOSE_FILE = "docker-compose.yml"
 DOCKERFILE = "deploy/docker/Dockerfile"
 SECRETS_DIR = "deploy/compose/secrets"
-CREATE_TOPICS = "deploy/compose/create-topics.sh"
+CREATE_TOPICS = "deploy/helm/nectar/files/create-topics.sh"
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIALS", "API_KEY", "WEBHOOK_URL")
 # Packages and files a runtime image must not contain.
 BUILD_TOOLS = re.compile(

@@ -3,9 +3,9 @@
 # format: `<name> <partitions> [key=value,...]`, `#` comments) that do not exist yet, then check
 # that every one exists. Existing topics are left as they are (neither their partitions nor
 # their configs are changed), so it can run again at any time. It runs in the apache/kafka
-# image: the one-shot `topics` service of docker-compose.yml runs it as it is, and the Helm
-# chart's topics Job runs an identical copy (deploy/helm/nectar/files/create-topics.sh) with
-# the replication factor and client settings of a production cluster.
+# image: the one-shot `topics` service of docker-compose.yml runs it with the defaults, and the
+# Helm chart's topics Job with the replication factor and client settings of a production
+# cluster. It lives in the chart because a chart can only read its own files.
 #
 # Environment:
 #   KAFKA_BOOTSTRAP            kafka:9092
