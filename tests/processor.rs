@@ -7,11 +7,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nectar_core::admin::Readiness;
-use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::{
     self, InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, ProcessorMetrics, dlq_headers,
 };
-use nectar_tests::{group_caught_up, kafka_config, read_topic, unique};
+use nectar_tests::{StageTopics, group_caught_up, kafka_config, read_topic};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Upper-cases values; rejects `poison-*`; fails once with Retry on every 100th record.
@@ -64,17 +63,12 @@ fn config(group: &str, dlq: &str) -> ProcessorConfig {
 #[tokio::test(flavor = "multi_thread")]
 async fn aborted_batches_are_redone_once_and_rejects_reach_the_dlq() {
     nectar_core::telemetry::init(&Default::default());
-    let (input, output, dlq, group) = (unique("t.in"), unique("t.out"), unique("t.dlq"), unique("g"));
-    ensure_topics(
-        &kafka_config(),
-        &[
-            TopicSpec::new(&input, 3),
-            TopicSpec::new(&output, 3),
-            TopicSpec::new(&dlq, 1),
-        ],
-    )
-    .await
-    .expect("topics");
+    let StageTopics {
+        input,
+        output,
+        dlq,
+        group,
+    } = StageTopics::create("loop").await;
     let producer: FutureProducer = nectar_core::kafka::idempotent_producer(&kafka_config(), "t").expect("producer");
     let total = 1000;
     let sends = (0..total).map(|i| {

@@ -50,7 +50,7 @@ use nectar_core::events::{EVENT_ID_HEADER, Event, now_millis};
 use nectar_core::ids::derived_event_id;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_tests::ingest::InProcessIngest;
-use nectar_tests::sink::{SinkTopics, sink_env};
+use nectar_tests::sink::{SinkTopics, pg_stored_positions, sink_env};
 use nectar_tests::{
     Record, ServiceProcess, assert_exactly_once, codec, fresh_topics, ingest_config, kafka_config, processor_env,
     read_topic_within, unique,
@@ -622,19 +622,6 @@ async fn pg_insert_transactions(pool: &PgPool, schema: &str) -> HashMap<String, 
     by_id
 }
 
-async fn pg_positions(pool: &PgPool, schema: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    sqlx::query_as::<_, (i32, i64)>(&format!(
-        "SELECT partition, next_offset FROM {schema}.nectar_sink_offsets WHERE consumer_group = $1 AND topic = $2"
-    ))
-    .bind(group)
-    .bind(topic)
-    .fetch_all(pool)
-    .await
-    .expect("positions")
-    .into_iter()
-    .collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // OpenSearch.
 
@@ -1155,7 +1142,7 @@ async fn scenario(names: &Names, stages: &mut [Stage], pool: &PgPool, http: &req
         for stage in stages.iter_mut() {
             stage.assert_running();
         }
-        let positions = pg_positions(pool, &names.schema, &pg.group, &pg.deliver).await;
+        let positions = pg_stored_positions(pool, &names.schema, &pg.group, &pg.deliver).await;
         let committed = committed_offsets(&es.group, &es.deliver).await;
         let es_end = &deliver_ends["elasticsearch"];
         let pg_done = positions == deliver_ends["postgres"];

@@ -67,6 +67,38 @@ pub async fn fresh_topics() -> RawTopics {
     topics
 }
 
+/// Fresh topics and group of a one-input processor test: input and output with 3
+/// partitions, a DLQ with 1.
+#[derive(Debug, Clone)]
+pub struct StageTopics {
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl StageTopics {
+    pub async fn create(stage: &str) -> Self {
+        let topics = Self {
+            input: unique(&format!("t.{stage}.in")),
+            output: unique(&format!("t.{stage}.out")),
+            dlq: unique(&format!("t.dlq.{stage}")),
+            group: unique(stage),
+        };
+        ensure_topics(
+            &kafka_config(),
+            &[
+                TopicSpec::new(&topics.input, 3),
+                TopicSpec::new(&topics.output, 3),
+                TopicSpec::new(&topics.dlq, 1),
+            ],
+        )
+        .await
+        .expect("the local stack is up (deploy/local/stack up)");
+        topics
+    }
+}
+
 /// The ingest configuration the tests start from: the shipped defaults, this test's topics,
 /// ephemeral ports, plus `extra` TOML (forms, keys, webhook sources).
 pub fn ingest_config(topics: &RawTopics, extra: &str) -> ServiceConfig {
@@ -251,13 +283,13 @@ fn read_topic_blocking(topic: &str, expected: usize, timeout: Duration) -> Vec<R
     records
 }
 
-/// How many records `topic` holds (sum of high watermarks: raw topics are not transactional).
-pub async fn count_records(topic: &str) -> i64 {
+/// Low and high watermark of every partition of `topic` (high: the next offset to be written).
+pub async fn watermarks(topic: &str) -> std::collections::BTreeMap<i32, (i64, i64)> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", kafka_config().bootstrap_servers)
-            .set("group.id", unique("counter"))
+            .set("group.id", unique("watermarks"))
             .create()
             .expect("consumer");
         let metadata = consumer
@@ -267,15 +299,20 @@ pub async fn count_records(topic: &str) -> i64 {
             .partitions()
             .iter()
             .map(|p| {
-                let (low, high) = consumer
+                let marks = consumer
                     .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
                     .expect("watermarks");
-                high - low
+                (p.id(), marks)
             })
-            .sum()
+            .collect()
     })
     .await
-    .expect("counter thread")
+    .expect("watermarks thread")
+}
+
+/// How many records `topic` holds (sum of high watermarks: raw topics are not transactional).
+pub async fn count_records(topic: &str) -> i64 {
+    watermarks(topic).await.values().map(|(low, high)| high - low).sum()
 }
 
 /// Total records over the three raw topics.

@@ -3,7 +3,7 @@
 //! key, `nectar-event-id` header), the environment a sink binary runs with, and helpers to
 //! read dead letters, run `replay` and wait for a condition.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -265,4 +265,19 @@ pub fn dlq_summary(records: &[Record]) -> Vec<HashMap<&'static str, String>> {
             ])
         })
         .collect()
+}
+
+/// The positions the PostgreSQL sink stored with its rows: partition → next offset of
+/// `group` on `topic`, from `<schema>.nectar_sink_offsets`.
+pub async fn pg_stored_positions(pool: &sqlx::PgPool, schema: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    sqlx::query_as::<_, (i32, i64)>(&format!(
+        "SELECT partition, next_offset FROM {schema}.nectar_sink_offsets WHERE consumer_group = $1 AND topic = $2"
+    ))
+    .bind(group)
+    .bind(topic)
+    .fetch_all(pool)
+    .await
+    .expect("positions")
+    .into_iter()
+    .collect()
 }

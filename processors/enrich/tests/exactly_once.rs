@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use nectar_core::events::{Context, Envelope, Event, Person};
-use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::schema;
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, read_topic, unique, wait_caught_up,
+    ServiceProcess, StageTopics, assert_exactly_once, codec, kafka_config, processor_env, read_topic, wait_caught_up,
 };
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -18,22 +17,12 @@ const EVENTS: usize = 10_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_enriches_every_event_once() {
-    let (input, output, dlq, group) = (
-        unique("t.events"),
-        unique("t.enriched"),
-        unique("t.dlq.enrich"),
-        unique("enrich"),
-    );
-    ensure_topics(
-        &kafka_config(),
-        &[
-            TopicSpec::new(&input, 3),
-            TopicSpec::new(&output, 3),
-            TopicSpec::new(&dlq, 1),
-        ],
-    )
-    .await
-    .expect("topics");
+    let StageTopics {
+        input,
+        output,
+        dlq,
+        group,
+    } = StageTopics::create("enrich").await;
     let codec = codec();
     codec.register(&input, &schema::EVENT).await.expect("schema");
     let producer: FutureProducer =

@@ -3,31 +3,20 @@
 //! where it came from stops the replay before anything is produced, and `check-config`
 //! validates without connecting to anything.
 
-use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::dlq_headers;
 use nectar_tests::dead_letters::{Poison, assert_replayed_unchanged, produce, produce_poison, replayed, run, text};
-use nectar_tests::{ServiceProcess, count_records, kafka_config, processor_env, read_topic, unique, wait_caught_up};
+use nectar_tests::{ServiceProcess, StageTopics, count_records, processor_env, read_topic, unique, wait_caught_up};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nectar-enrich");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_replayed_to_the_input_topic_unchanged() {
-    let (input, output, dlq, group) = (
-        unique("t.events"),
-        unique("t.enriched"),
-        unique("t.dlq.enrich"),
-        unique("enrich"),
-    );
-    ensure_topics(
-        &kafka_config(),
-        &[
-            TopicSpec::new(&input, 3),
-            TopicSpec::new(&output, 3),
-            TopicSpec::new(&dlq, 1),
-        ],
-    )
-    .await
-    .expect("the local stack is up (deploy/local/stack up)");
+    let StageTopics {
+        input,
+        output,
+        dlq,
+        group,
+    } = StageTopics::create("enrich").await;
     let poison = [Poison::new("a"), Poison::new("b")];
     for p in &poison {
         produce_poison(&input, p).await;

@@ -17,13 +17,12 @@ use nectar_core::events::Event;
 use nectar_sink::{Connector, Delivery, DeliveryError, Item, ItemResult, Positions, StartError};
 use nectar_sink_postgres::{PostgresConfig, PostgresConnector, TableConfig};
 use nectar_tests::sink::{
-    SinkTopics, dlq_summary, event_ids, fresh_sink_topics, produce_events, read_dlq, replay, run_to_exit,
-    sample_events, sink_env,
+    SinkTopics, dlq_summary, event_ids, fresh_sink_topics, pg_stored_positions, produce_events, read_dlq, replay,
+    run_to_exit, sample_events, sink_env,
 };
-use nectar_tests::{ServiceProcess, assert_exactly_once, kafka_config};
+use nectar_tests::{ServiceProcess, assert_exactly_once, kafka_config, watermarks};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
@@ -124,52 +123,17 @@ async fn row_ids(pool: &PgPool, schema: &str, tables: &[&str]) -> HashMap<String
     counts
 }
 
-async fn stored_positions(pool: &PgPool, schema: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    sqlx::query_as::<_, (i32, i64)>(&format!(
-        "SELECT partition, next_offset FROM {schema}.nectar_sink_offsets WHERE consumer_group = $1 AND topic = $2"
-    ))
-    .bind(group)
-    .bind(topic)
-    .fetch_all(pool)
-    .await
-    .expect("positions")
-    .into_iter()
-    .collect()
-}
-
-/// High watermark of every partition of `topic` (the next offset to be written).
-async fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = nectar_core::kafka::client_config(&kafka_config(), "nectar-tests")
-            .set("group.id", nectar_tests::unique("watermarks"))
-            .create()
-            .expect("consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .expect("metadata");
-        metadata.topics()[0]
-            .partitions()
-            .iter()
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                    .expect("watermarks");
-                (p.id(), high)
-            })
-            .collect()
-    })
-    .await
-    .expect("watermarks thread")
-}
-
 /// Wait until the positions stored for `group` are the end of `topic`, failing early (with
 /// its log) if the sink exits.
 async fn wait_positions_at_end(pool: &PgPool, schema: &str, topics: &SinkTopics, sink: &mut ServiceProcess) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let end = end_offsets(&topics.deliver).await;
-        let stored = stored_positions(pool, schema, &topics.group, &topics.deliver).await;
+        let end: BTreeMap<i32, i64> = watermarks(&topics.deliver)
+            .await
+            .into_iter()
+            .map(|(p, (_, high))| (p, high))
+            .collect();
+        let stored = pg_stored_positions(pool, schema, &topics.group, &topics.deliver).await;
         let expected: BTreeMap<i32, i64> = end.into_iter().filter(|(_, high)| *high > 0).collect();
         if stored == expected {
             return;
