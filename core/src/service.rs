@@ -44,14 +44,16 @@ pub struct Binary {
 /// The help of `--to` in a processor's `replay`.
 const TO_HELP: &str = "Produce to this topic instead of each dead letter's origin topic (its nectar-dlq-topic header)";
 
+/// The command line of a Nectar service: `[--config FILE] [COMMAND]`, with the service's
+/// own commands (processors here, sinks in `nectar_sink::service`).
 #[derive(Debug, Parser)]
-struct Cli {
+pub struct Cli<C: Subcommand> {
     /// Configuration file (TOML), merged over the defaults; `NECTAR_<SECTION>__<KEY>`
     /// variables override both.
     #[arg(long, short, env = "NECTAR_CONFIG", global = true)]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Option<Command>,
+    pub command: Option<C>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,13 +74,13 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let matches = Cli::command()
+    let matches = Cli::<Command>::command()
         .name(binary.name)
         .about(binary.about)
         .version(env!("CARGO_PKG_VERSION"))
         .mut_subcommand("replay", |replay| replay.mut_arg("to", |to| to.help(TO_HELP)))
         .get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    let cli = match Cli::<Command>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };

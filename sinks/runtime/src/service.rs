@@ -11,11 +11,11 @@
 //! a fatal delivery error), 2 invalid configuration.
 
 use std::fmt::Debug;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use nectar_core::config::Validate;
+use nectar_core::service::Cli;
 use serde::de::DeserializeOwned;
 
 use crate::config::SinkServiceConfig;
@@ -37,16 +37,6 @@ pub trait Sink: 'static {
     fn connector(config: &SinkServiceConfig<Self::Target>) -> anyhow::Result<Self::Connector>;
 }
 
-#[derive(Debug, Parser)]
-struct Cli {
-    /// Configuration file (TOML), merged over the defaults; `NECTAR_<SECTION>__<KEY>`
-    /// variables override both.
-    #[arg(long, short, env = "NECTAR_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Consume the delivery topic and deliver (the default).
@@ -61,14 +51,14 @@ enum Command {
 
 /// Parse the command line, load the configuration and run the chosen command.
 pub async fn main<S: Sink>() -> ExitCode {
-    let matches = Cli::command()
+    let matches = Cli::<Command>::command()
         .name(S::BINARY)
         .about(S::ABOUT)
         .mut_subcommand("replay", |replay| {
             replay.mut_arg("to", |to| to.help(crate::replay::TO_HELP))
         })
         .get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    let cli = match Cli::<Command>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
