@@ -117,6 +117,40 @@ pub fn sample_events(n: usize, tag: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The event type of GDPR erasure requests (`nectar_route::ERASURE`).
+pub const ERASURE: &str = "lead.erasure_requested";
+
+/// `events` made one lead's: `envelope.lead_key` (and so the record key and partition) set
+/// to `lead_key`.
+pub fn for_lead(mut events: Vec<Event>, lead_key: &str) -> Vec<Event> {
+    for event in &mut events {
+        event.envelope.lead_key = Some(lead_key.to_owned());
+    }
+    events
+}
+
+/// An erasure request for `lead_key` in workspace `ws-test` as normalize emits it: with the
+/// person to erase (`email`), which no sink may keep.
+pub fn erasure_event(lead_key: &str, email: &str) -> Event {
+    let now = now_millis();
+    let mut event = Event::new(Envelope {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_type: ERASURE.to_owned(),
+        occurred_at: now - 30_000,
+        received_at: now,
+        source: "test".to_owned(),
+        workspace_id: "ws-test".to_owned(),
+        lead_key: Some(lead_key.to_owned()),
+        trace_parent: None,
+        consent: None,
+    });
+    event.person = Some(Person {
+        email: Some(email.to_owned()),
+        ..Person::default()
+    });
+    event
+}
+
 /// The event ids of `events`.
 pub fn event_ids(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.envelope.event_id.clone()).collect()

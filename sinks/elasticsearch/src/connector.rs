@@ -7,7 +7,14 @@
 //! rejects a lone document and is fatal for several (lower `target.max_bulk_bytes`); any
 //! other `4xx` means the request itself is wrong for this cluster and is fatal too, so the
 //! sink stops instead of dead-lettering every event.
+//!
+//! An erasure request splits the delivery: the events before it are indexed, then the lead's
+//! documents are deleted (`erasure.rs`), then the request (without personal data) and the
+//! events after it are indexed. An event of the lead after an erasure that could not run yet
+//! is not sent: it waits with the request.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nectar_sink::http::{classify_status, error_chain, excerpt, transport_error};
@@ -18,6 +25,7 @@ use serde_json::Value;
 
 use crate::bulk::{self, BulkEntry, MAX_ID_BYTES};
 use crate::config::{Auth, ElasticsearchConfig};
+use crate::erasure::{self, Lead};
 use crate::index::IndexTemplate;
 use crate::mapping::{self, TemplateSettings};
 
@@ -31,6 +39,8 @@ pub struct ElasticsearchConnector {
     template: Option<(String, Value)>,
     max_bulk_bytes: usize,
     max_bulk_items: usize,
+    /// Set once the cluster answered that it has no `_delete_by_query` (see `erasure.rs`).
+    no_delete_by_query: AtomicBool,
 }
 
 impl ElasticsearchConnector {
@@ -80,6 +90,7 @@ impl ElasticsearchConnector {
             template,
             max_bulk_bytes: config.max_bulk_bytes,
             max_bulk_items: config.max_bulk_items,
+            no_delete_by_query: AtomicBool::new(false),
         })
     }
 
@@ -112,10 +123,125 @@ impl ElasticsearchConnector {
             .index
             .render(envelope.occurred_at, &envelope.workspace_id)
             .map_err(|e| ItemResult::reject(format!("no index for this event: {e}"), String::new()))?;
-        let document = mapping::document(&item.event)
+        let recorded;
+        let event = if erasure::is_erasure(&item.event) {
+            recorded = erasure::recorded(&item.event);
+            &recorded
+        } else {
+            &*item.event
+        };
+        let document = mapping::document(event)
             .map_err(|e| ItemResult::reject(format!("event does not serialize to JSON: {e}"), String::new()))?;
         BulkEntry::new(&index, id, &document)
             .map_err(|e| ItemResult::reject(format!("event does not serialize to JSON: {e}"), String::new()))
+    }
+
+    /// Index `entries` (taken), in requests of at most `max_bulk_bytes`, one after another
+    /// (a whole-call failure of a later one fails the call, and the earlier ones are sent
+    /// again on the retry, overwriting the same `_id`s); each answer goes to its item.
+    async fn index(
+        &self,
+        entries: &mut Vec<(usize, BulkEntry)>,
+        results: &mut [Option<ItemResult>],
+    ) -> Result<(), DeliveryError> {
+        let taken = std::mem::take(entries);
+        let (positions, entries): (Vec<usize>, Vec<BulkEntry>) = taken.into_iter().unzip();
+        for range in bulk::chunks(&entries, self.max_bulk_bytes) {
+            let chunk: Vec<&BulkEntry> = entries[range.clone()].iter().collect();
+            let answers = self.send(&chunk).await?;
+            for (answer, &position) in answers.into_iter().zip(&positions[range]) {
+                results[position] = Some(answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete every document of `lead` in the sink's indices (see `erasure.rs`).
+    async fn erase(&self, lead: &Lead, event_id: &str) -> Result<(), DeliveryError> {
+        let pattern = self.index.pattern();
+        self.post("_refresh", &erasure::refresh_path(&pattern), Body::None)
+            .await?;
+        let deleted = if self.no_delete_by_query.load(Ordering::Relaxed) {
+            self.search_and_delete(lead, &pattern).await?
+        } else {
+            let path = erasure::delete_path(&pattern);
+            match self.post("_delete_by_query", &path, Body::Json(&lead.query())).await {
+                Ok(body) => erasure::classify_delete(&body)?,
+                Err(Answer::NoSuchEndpoint) => {
+                    tracing::warn!(
+                        "the cluster has no _delete_by_query (no reindex module): erasure requests \
+                         search the lead's documents and delete them by id"
+                    );
+                    self.no_delete_by_query.store(true, Ordering::Relaxed);
+                    self.search_and_delete(lead, &pattern).await?
+                }
+                Err(Answer::Failed(e)) => return Err(e),
+            }
+        };
+        tracing::info!(
+            event_id,
+            workspace_id = %lead.workspace_id,
+            documents = deleted,
+            index = %pattern,
+            "erasure request: the lead's documents are deleted"
+        );
+        Ok(())
+    }
+
+    /// The fallback without `_delete_by_query`: search the lead's documents, delete them by
+    /// id (refreshing), until none is found. Returns how many were deleted.
+    async fn search_and_delete(&self, lead: &Lead, pattern: &str) -> Result<u64, DeliveryError> {
+        let mut deleted = 0;
+        loop {
+            let body = erasure::search_body(lead);
+            let answer = self
+                .post("_search", &erasure::search_path(pattern), Body::Json(&body))
+                .await?;
+            let found = erasure::hits(&answer)?;
+            if found.is_empty() {
+                return Ok(deleted);
+            }
+            let answer = self
+                .post(
+                    "_bulk",
+                    "_bulk?refresh=true",
+                    Body::Ndjson(erasure::delete_body(&found)),
+                )
+                .await?;
+            erasure::classify_bulk_delete(&answer)?;
+            deleted += found.len() as u64;
+        }
+    }
+
+    /// `POST` to `path`, classified like `_bulk`: the answer's text when it is a success.
+    async fn post(&self, what: &str, path: &str, body: Body<'_>) -> Result<String, Answer> {
+        let mut request = self.client.post(self.url(path));
+        request = match body {
+            Body::None => request,
+            Body::Json(json) => request.json(json),
+            Body::Ndjson(text) => request.header(CONTENT_TYPE, "application/x-ndjson").body(text),
+        };
+        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.map_err(|e| transport_error(&e))?;
+        if erasure::no_such_endpoint(status.as_u16(), &text) && what == "_delete_by_query" {
+            return Err(Answer::NoSuchEndpoint);
+        }
+        if let Some(e) = classify_status(status, &headers, &text) {
+            return Err(Answer::Failed(match e {
+                DeliveryError::Fatal(m) => DeliveryError::Fatal(format!("{what} for an erasure request: {m}")),
+                retry => retry,
+            }));
+        }
+        if !status.is_success() {
+            return Err(Answer::Failed(DeliveryError::Fatal(format!(
+                "{what} for an erasure request answered HTTP {}: {}",
+                status.as_u16(),
+                excerpt(&text)
+            ))));
+        }
+        Ok(text)
     }
 
     /// Send one `_bulk` request with `entries`; one result per entry.
@@ -234,6 +360,35 @@ impl ElasticsearchConnector {
     }
 }
 
+/// A request body of [`ElasticsearchConnector::post`].
+enum Body<'a> {
+    None,
+    Json(&'a Value),
+    Ndjson(String),
+}
+
+/// Why [`ElasticsearchConnector::post`] has no answer to read.
+enum Answer {
+    /// The cluster has no such endpoint (a module is missing).
+    NoSuchEndpoint,
+    Failed(DeliveryError),
+}
+
+impl From<DeliveryError> for Answer {
+    fn from(e: DeliveryError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<Answer> for DeliveryError {
+    fn from(answer: Answer) -> Self {
+        match answer {
+            Answer::Failed(e) => e,
+            Answer::NoSuchEndpoint => DeliveryError::Fatal("the cluster has no such endpoint".into()),
+        }
+    }
+}
+
 /// A header value that is never printed.
 fn sensitive(value: &str) -> anyhow::Result<HeaderValue> {
     let mut v =
@@ -306,26 +461,46 @@ impl Connector for ElasticsearchConnector {
     async fn deliver(&self, delivery: Delivery<'_>) -> Result<Vec<ItemResult>, DeliveryError> {
         let items = delivery.items;
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
-        let mut entries = Vec::with_capacity(items.len());
-        let mut positions = Vec::with_capacity(items.len());
+        // Entries not sent yet, with their item's position.
+        let mut pending: Vec<(usize, BulkEntry)> = Vec::with_capacity(items.len());
+        // Leads whose erasure request waits for a retry: their later events wait with it.
+        let mut waiting: HashSet<Lead> = HashSet::new();
         for (i, item) in items.iter().enumerate() {
-            match self.entry(item) {
-                Ok(entry) => {
-                    entries.push(entry);
-                    positions.push(i);
+            let lead = Lead::of(&item.event);
+            if lead.as_ref().is_some_and(|l| waiting.contains(l)) {
+                results[i] = Some(ItemResult::retry(
+                    "an erasure request of this lead before it is not applied yet",
+                ));
+                continue;
+            }
+            if erasure::is_erasure(&item.event) {
+                let lead = match Lead::to_erase(&item.event) {
+                    Ok(lead) => lead,
+                    Err(reason) => {
+                        results[i] = Some(ItemResult::reject(reason, String::new()));
+                        continue;
+                    }
+                };
+                // The events before the request are indexed before the delete runs.
+                self.index(&mut pending, &mut results).await?;
+                let earlier_not_indexed = items[..i].iter().zip(&results).any(|(earlier, result)| {
+                    matches!(result, Some(ItemResult::Retry { .. })) && Lead::of(&earlier.event).as_ref() == Some(&lead)
+                });
+                if earlier_not_indexed {
+                    results[i] = Some(ItemResult::retry(
+                        "an earlier event of this lead is not indexed yet; the erasure runs after it is",
+                    ));
+                    waiting.insert(lead);
+                    continue;
                 }
+                self.erase(&lead, item.event_id()).await?;
+            }
+            match self.entry(item) {
+                Ok(entry) => pending.push((i, entry)),
                 Err(rejected) => results[i] = Some(rejected),
             }
         }
-        // Requests one after another: a whole-call failure of a later one fails the call,
-        // and the earlier ones are sent again on the retry, overwriting the same `_id`s.
-        for range in bulk::chunks(&entries, self.max_bulk_bytes) {
-            let chunk: Vec<&BulkEntry> = entries[range.clone()].iter().collect();
-            let answers = self.send(&chunk).await?;
-            for (answer, &position) in answers.into_iter().zip(&positions[range]) {
-                results[position] = Some(answer);
-            }
-        }
+        self.index(&mut pending, &mut results).await?;
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| ItemResult::retry("no answer for this document")))

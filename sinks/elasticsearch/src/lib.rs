@@ -14,11 +14,13 @@
 //!
 //! Layout: [`config`] (the `[target]` section), [`index`] (index names per event),
 //! [`mapping`] (the document and the index template), [`bulk`] (the `_bulk` body and the
-//! classification of its answer), [`connector`] (start check, template install, delivery).
+//! classification of its answer), [`erasure`] (GDPR erasure requests: `_delete_by_query` of
+//! the lead), [`connector`] (start check, template install, delivery).
 
 pub mod bulk;
 pub mod config;
 pub mod connector;
+pub mod erasure;
 pub mod index;
 pub mod mapping;
 
@@ -41,6 +43,18 @@ impl nectar_sink::Sink for ElasticsearchSink {
     const DEFAULTS: &'static str = include_str!("../default.toml");
 
     fn connector(config: &SinkServiceConfig<ElasticsearchConfig>) -> anyhow::Result<ElasticsearchConnector> {
+        if config.sink.concurrency > 1 && config.target.max_bulk_items < config.sink.max_batch {
+            // The runtime then delivers a batch as several calls at once, and an erasure
+            // request is only ordered against the events of its own call.
+            tracing::warn!(
+                "target.max_bulk_items ({}) < sink.max_batch ({}) with sink.concurrency {}: an erasure \
+                 request may run before an earlier event of its lead in another request of the batch is \
+                 indexed; keep max_bulk_items >= max_batch or concurrency = 1",
+                config.target.max_bulk_items,
+                config.sink.max_batch,
+                config.sink.concurrency
+            );
+        }
         ElasticsearchConnector::new(&config.target, Duration::from_millis(config.sink.request_timeout_ms))
     }
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 use nectar_core::events::Event;
 use nectar_tests::proxy::{Failure, Proxy};
 use nectar_tests::sink::{
-    dlq_summary, event_ids, fresh_sink_topics, produce_events, read_dlq, replay, run_to_exit, sample_events, sink_env,
+    SinkTopics, dlq_summary, erasure_event, event_ids, for_lead, fresh_sink_topics, produce_events, read_dlq, replay,
+    run_to_exit, sample_events, sink_env,
 };
 use nectar_tests::{ServiceProcess, assert_exactly_once, wait_caught_up};
 use serde_json::{Value, json};
@@ -116,6 +117,33 @@ impl Indices {
             *v = (*v).max(version);
         }
         (where_, versions)
+    }
+
+    /// Every document's `_source` by `_id`.
+    async fn sources(&self) -> HashMap<String, Value> {
+        let base = opensearch_url();
+        self.http
+            .post(format!("{base}/{}-*/_refresh", self.prefix))
+            .send()
+            .await
+            .expect("refresh");
+        let answer: Value = self
+            .http
+            .post(format!("{base}/{}-*/_search", self.prefix))
+            .json(&json!({ "size": 10_000, "query": { "match_all": {} } }))
+            .send()
+            .await
+            .expect("search")
+            .json()
+            .await
+            .expect("search answer");
+        answer["hits"]["hits"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|hit| (hit["_id"].as_str().unwrap_or("?").to_owned(), hit["_source"].clone()))
+            .collect()
     }
 
     /// Documents per event id (a document in two indices counts twice).
@@ -456,4 +484,167 @@ async fn credentials_revoked_while_running_stop_the_sink_uncommitted() {
         .unwrap();
     assert!(!committed, "the refused events stay uncommitted for the next start");
     indices.assert_exactly_once(&event_ids(&first)).await;
+}
+
+/// GDPR erasure: leads A and B are indexed, then A's erasure request arrives in one batch
+/// with one more event of A before it and two after it, while the first two
+/// `_delete_by_query` requests fail with 503. Only B's documents, the other workspace's
+/// document with A's lead key, the request (without the person) and A's events after it
+/// remain. A second consumer group reading the whole topic again (every event redelivered)
+/// leaves the same documents.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_deletes_the_leads_earlier_documents_and_keeps_what_follows_it() {
+    let indices = Indices::new().await;
+    let topics = fresh_sink_topics("elasticsearch").await;
+    let proxy = Proxy::start(&opensearch_url()).await;
+    let lead_a = "ws-test:lead-a";
+    let a_before = for_lead(sample_events(8, "a"), lead_a);
+    let b = for_lead(sample_events(8, "b"), "ws-test:lead-b");
+    let mut other_workspace = for_lead(sample_events(1, "other"), lead_a);
+    other_workspace[0].envelope.workspace_id = "ws-other".into();
+    produce_events(
+        &topics.deliver,
+        &[a_before.clone(), b.clone(), other_workspace.clone()].concat(),
+    )
+    .await;
+    let mut sink = ServiceProcess::start(BIN, indices.env(&topics, proxy.url(), &[]));
+    caught_up(&topics, &mut sink).await;
+    assert_eq!(indices.counts().await.len(), 17);
+
+    proxy.fail_next(2, Failure::status(503, "_delete_by_query"));
+    let a_late = for_lead(sample_events(1, "a-late"), lead_a);
+    let erasure = erasure_event(lead_a, "lead-a-0@example.com");
+    let a_after = for_lead(sample_events(2, "post"), lead_a);
+    produce_events(
+        &topics.deliver,
+        &[a_late.clone(), vec![erasure.clone()], a_after.clone()].concat(),
+    )
+    .await;
+    caught_up(&topics, &mut sink).await;
+    assert!(sink.terminate().success());
+
+    let deletes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("_delete_by_query"))
+        .collect();
+    // The local stack's OpenSearch (integ-test-zip) has no reindex module, hence no
+    // `_delete_by_query`: its "no handler" answer makes the sink search and delete by id.
+    let statuses: Vec<u16> = deletes.iter().map(|r| r.status).collect();
+    assert!(
+        statuses == [503, 503, 200] || statuses == [503, 503, 400],
+        "the failed delete is retried like any request: {statuses:?}"
+    );
+    if statuses[2] == 400 {
+        assert!(sink.log().contains("search the lead's documents and delete them by id"));
+        assert!(
+            proxy
+                .requests()
+                .iter()
+                .any(|r| r.path.contains("/_search") && r.path.starts_with(&format!("/{}-*", indices.prefix))),
+            "no fallback search"
+        );
+    }
+    assert!(
+        deletes[0]
+            .path
+            .contains(&format!("{}-*/_delete_by_query", indices.prefix))
+            && deletes[0].path.contains("conflicts=proceed")
+            && deletes[0].path.contains("refresh=true"),
+        "{}",
+        deletes[0].path
+    );
+    // Every delete came after the bulk holding A's last event before the request.
+    let late_id = &a_late[0].envelope.event_id;
+    let first_late_bulk = proxy
+        .requests()
+        .iter()
+        .position(|r| r.ids.contains(late_id))
+        .expect("the event before the request was sent");
+    let first_delete = proxy
+        .requests()
+        .iter()
+        .position(|r| r.path.contains("_delete_by_query"))
+        .unwrap();
+    assert!(first_late_bulk < first_delete);
+
+    let mut expected: Vec<String> = [event_ids(&b), event_ids(&other_workspace), event_ids(&a_after)].concat();
+    expected.push(erasure.envelope.event_id.clone());
+    let check = |sources: HashMap<String, Value>| {
+        let mut ids: Vec<String> = sources.keys().cloned().collect();
+        ids.sort();
+        let mut want = expected.clone();
+        want.sort();
+        assert_eq!(ids, want);
+        let request = &sources[&erasure.envelope.event_id];
+        assert_eq!(request["envelope"]["lead_key"], lead_a);
+        assert!(
+            request["person"].is_null(),
+            "the request keeps no personal data: {request}"
+        );
+        for (id, source) in &sources {
+            assert!(
+                !source.to_string().contains("lead-a-"),
+                "{id} still holds lead A's data: {source}"
+            );
+        }
+    };
+    check(indices.sources().await);
+    indices.assert_exactly_once(&expected).await;
+
+    // Redelivery of everything, in order (a new group starts at the beginning): the same.
+    let again = SinkTopics {
+        group: format!("{}-again", topics.group),
+        ..topics.clone()
+    };
+    let mut sink = ServiceProcess::start(BIN, indices.env(&again, &opensearch_url(), &[]));
+    caught_up(&again, &mut sink).await;
+    assert!(sink.terminate().success());
+    check(indices.sources().await);
+    indices.assert_exactly_once(&expected).await;
+}
+
+/// An event of the lead before its erasure request that the cluster refuses for now (an item
+/// 429) holds the erasure back: the request and the lead's later events are retried with it,
+/// and the delete runs only once that event is indexed, so it cannot come back after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_waits_for_an_earlier_event_of_the_lead_that_is_retried() {
+    let indices = Indices::new().await;
+    let topics = fresh_sink_topics("elasticsearch").await;
+    let proxy = Proxy::start(&opensearch_url()).await;
+    let lead = "ws-test:lead-c";
+    let before = for_lead(sample_events(2, "c"), lead);
+    let erasure = erasure_event(lead, "lead-c-0@example.com");
+    let after = for_lead(sample_events(1, "post"), lead);
+    // One partition (one key), one batch: [c0, c1] are the first `_bulk`; c0 gets a 429.
+    proxy.fail_bulk_items_once(1);
+    produce_events(
+        &topics.deliver,
+        &[before.clone(), vec![erasure.clone()], after.clone()].concat(),
+    )
+    .await;
+    let mut sink = ServiceProcess::start(BIN, indices.env(&topics, proxy.url(), &[]));
+    caught_up(&topics, &mut sink).await;
+    assert!(sink.terminate().success());
+
+    let requests = proxy.requests();
+    let first = &before[0].envelope.event_id;
+    let sent_first: Vec<usize> = (0..requests.len())
+        .filter(|&i| requests[i].ids.contains(first))
+        .collect();
+    assert!(
+        sent_first.len() >= 2 && requests[sent_first[0]].rewritten.contains(first),
+        "{first} was refused once and sent again: {requests:?}"
+    );
+    let first_erase = requests
+        .iter()
+        .position(|r| r.path.contains("/_refresh") || r.path.contains("_delete_by_query"))
+        .expect("the erasure ran");
+    assert!(
+        first_erase > sent_first[1],
+        "the erasure ran before the refused event was indexed: {requests:?}"
+    );
+    let mut expected = event_ids(&after);
+    expected.push(erasure.envelope.event_id.clone());
+    indices.assert_exactly_once(&expected).await;
 }

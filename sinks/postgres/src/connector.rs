@@ -10,6 +10,12 @@
 //! crash can be dead-lettered again), and rows deleted at the target are not written again
 //! unless the positions are reset (see the README).
 //!
+//! GDPR erasure requests are applied in the same transaction: the rows of every table whose
+//! payload names the lead (`envelope.workspace_id` and `envelope.lead_key`) are deleted
+//! after the rows of the batch's earlier events are inserted and before its later ones are
+//! (see [`crate::mapping::Rows::steps`]). A redelivered batch runs the same statements in the
+//! same order and leaves the same rows.
+//!
 //! A row the database refuses (a CHECK constraint, a value out of range) must not hold the
 //! batch back forever: the connector finds the refused rows by bisection in a second
 //! transaction, under savepoints, and rolls it back; it answers `Reject` for them and `Retry`
@@ -28,7 +34,7 @@ use sqlx::{Connection, Executor, PgTransaction};
 
 use crate::config::PostgresConfig;
 use crate::errors::{self, Class};
-use crate::mapping::{Mapping, Table, TableRows};
+use crate::mapping::{Mapping, Rows, Step, Table, TableRows};
 
 /// Key of the advisory lock instances take while they create and check the tables, so two
 /// starting at once do not race on `CREATE TABLE`.
@@ -105,17 +111,38 @@ impl PostgresConnector {
         if let Some((index, reason)) = rows.rejects.first() {
             return Err(format!("event {index}: {reason}"));
         }
-        self.write(&rows.tables, positions)
-            .await
-            .map_err(|e| errors::describe(&e))
+        self.write(&rows, positions).await.map_err(|e| errors::describe(&e))
     }
 
-    /// The rows and the positions in one transaction.
-    async fn write(&self, tables: &[TableRows], positions: Option<&Positions>) -> Result<(), sqlx::Error> {
+    /// The rows, the erasures and the positions in one transaction.
+    async fn write(&self, rows: &Rows, positions: Option<&Positions>) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        for rows in tables {
-            let table = &self.mapping.tables[rows.table];
-            rows.bind(&table.insert_sql, 0..rows.len()).execute(&mut *tx).await?;
+        for step in rows.steps() {
+            match step {
+                Step::Insert { table_rows, range } => {
+                    let rows = &rows.tables[table_rows];
+                    let table = &self.mapping.tables[rows.table];
+                    rows.bind(&table.insert_sql, range).execute(&mut *tx).await?;
+                }
+                Step::Erase { erasure } => {
+                    let erasure = &rows.erasures[erasure];
+                    let mut deleted = 0;
+                    for table in &self.mapping.tables {
+                        deleted += sqlx::query(&table.erase_sql)
+                            .bind(&erasure.workspace_id)
+                            .bind(&erasure.lead_key)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    }
+                    tracing::info!(
+                        event_id = %erasure.event_id,
+                        workspace_id = %erasure.workspace_id,
+                        rows = deleted,
+                        "erasure request: the lead's rows are deleted with this transaction"
+                    );
+                }
+            }
         }
         if let Some(positions) = positions {
             self.store_positions(&mut tx, positions).await?;
@@ -257,7 +284,8 @@ impl PostgresConnector {
                 format!("target.tables[{i}]")
             };
             let expected = table.expected_columns();
-            self.ensure_table(&mut tx, &table.qualified, &table.create_sql(), &expected, &key)
+            let create_sql = format!("{};\n{}", table.create_sql(), table.lead_index_sql());
+            self.ensure_table(&mut tx, &table.qualified, &create_sql, &expected, &key)
                 .await?;
             // An empty insert is planned and executed: a column of an incompatible type, a
             // missing unique key on event_id or a missing INSERT privilege shows now.
@@ -267,6 +295,23 @@ impl PostgresConnector {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| table_error(table, &e))?;
+            self.ensure_lead_index(&mut tx, table).await?;
+            // The erasure delete, matching nothing (`= NULL`): a missing DELETE privilege
+            // shows now, not at the first erasure request.
+            sqlx::query(&table.erase_sql)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    errors::start_error(
+                        &e,
+                        &format!(
+                            "checking erasure deletes from table {} (the sink needs DELETE)",
+                            table.qualified
+                        ),
+                    )
+                })?;
         }
         let offsets = self.mapping.offsets_table.clone();
         self.ensure_table(
@@ -295,6 +340,55 @@ impl PostgresConnector {
         tx.commit()
             .await
             .map_err(|e| errors::start_error(&e, "committing the table set-up"))
+    }
+
+    /// The index erasures delete by: created when missing (with `target.create_tables`, also
+    /// on a table that existed before); without it an erasure still works, by scanning the
+    /// table, so a missing index is only a warning with the statement to run.
+    async fn ensure_lead_index(&self, tx: &mut PgTransaction<'_>, table: &Table) -> Result<(), StartError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table.lead_index)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| errors::start_error(&e, &format!("looking up index {}", table.lead_index)))?;
+        if exists {
+            return Ok(());
+        }
+        let sql = table.lead_index_sql();
+        if !self.create_tables {
+            tracing::warn!(
+                table = %table.qualified,
+                "no index for erasure requests: each one scans the table; create it with {}",
+                sql.replacen("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1)
+            );
+            return Ok(());
+        }
+        tracing::info!(table = %table.qualified, index = %table.lead_index, "creating the index for erasure requests");
+        // Under a savepoint: on a table the sink's user does not own (created by someone
+        // else before erasure support), CREATE INDEX is refused, which must not stop a sink
+        // that could run before; erasures then scan the table.
+        execute_raw(tx, "SAVEPOINT nectar_lead_index")
+            .await
+            .map_err(|e| errors::start_error(&e, "creating a savepoint"))?;
+        match execute_raw(tx, &sql).await {
+            Ok(()) => execute_raw(tx, "RELEASE SAVEPOINT nectar_lead_index").await,
+            Err(e) if matches!(errors::classify(&e), Class::Fatal) => {
+                tracing::warn!(
+                    table = %table.qualified,
+                    "cannot create the index for erasure requests ({}): each one scans the table; have the \
+                     table's owner run {}",
+                    errors::describe(&e),
+                    sql.replacen("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1)
+                );
+                execute_raw(
+                    tx,
+                    "ROLLBACK TO SAVEPOINT nectar_lead_index; RELEASE SAVEPOINT nectar_lead_index",
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| errors::start_error(&e, &format!("creating index {}", table.lead_index)))
     }
 
     /// Create `qualified` if it is missing (and allowed), else check it has every column.
@@ -451,7 +545,7 @@ impl Connector for PostgresConnector {
                 .collect();
             return Ok(answer_rejects(items.len(), rejects));
         }
-        let error = match self.write(&rows.tables, delivery.positions).await {
+        let error = match self.write(&rows, delivery.positions).await {
             Ok(()) => return Ok(vec![ItemResult::Delivered; items.len()]),
             Err(e) => e,
         };

@@ -8,6 +8,13 @@
 //!
 //! Values are converted here, not by the server, so an event whose field cannot be the
 //! column's type is rejected with a reason that names the column and the path.
+//!
+//! A GDPR erasure request ([`ERASURE`]) becomes an [`Erasure`]: a `DELETE` from every table
+//! of the rows whose payload's `envelope.workspace_id` and `envelope.lead_key` are the
+//! lead's, matched by an expression index every table gets ([`Table::lead_index_sql`]). The
+//! request itself is written as a row of its table with the envelope only (no person, form,
+//! commerce, ... part). [`Rows::steps`] orders the inserts and deletes of a batch so that the
+//! rows of the events before an erasure are deleted and those after it are kept.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -131,6 +138,17 @@ pub struct Column {
     pub spec: ColumnSpec,
 }
 
+/// The event type of GDPR erasure requests (`nectar_route::ERASURE`): the route processor
+/// sends every one to each sink of `route.erasure_sinks`.
+pub const ERASURE: &str = "lead.erasure_requested";
+
+/// The expressions an erasure matches rows by: the envelope fields of the JSONB payload,
+/// which every table has, whatever its mapped columns (and however old its rows).
+const LEAD_EXPRESSIONS: &str = "(payload #>> '{envelope,workspace_id}'), (payload #>> '{envelope,lead_key}')";
+
+/// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1` bytes); longer ones are cut.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 /// A table the sink writes, with its statements.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -142,18 +160,41 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// The batch insert (see the module comment).
     pub insert_sql: String,
+    /// Quoted, schema-qualified name of the index erasures use: `"s"."<table>_nectar_lead"`.
+    pub lead_index: String,
+    /// The delete of one lead's rows: `$1` workspace id, `$2` lead key.
+    pub erase_sql: String,
 }
 
 impl Table {
     fn new(schema: Option<&str>, name: &str, columns: Vec<Column>) -> Self {
         let qualified = qualify(schema, name);
         let insert_sql = insert_sql(&qualified, &columns);
+        let erase_sql = format!(
+            "DELETE FROM {qualified} WHERE (payload #>> '{{envelope,workspace_id}}') = $1 \
+             AND (payload #>> '{{envelope,lead_key}}') = $2"
+        );
         Self {
             name: name.to_owned(),
+            lead_index: qualify(schema, &lead_index_name(name)),
             qualified,
             columns,
             insert_sql,
+            erase_sql,
         }
+    }
+
+    /// `CREATE INDEX IF NOT EXISTS` of the index the erasure `DELETE` uses. Its expressions
+    /// are exactly those of [`Table::erase_sql`], so the planner can use it.
+    pub fn lead_index_sql(&self) -> String {
+        let name = self
+            .lead_index
+            .rsplit_once('.')
+            .map_or(self.lead_index.as_str(), |(_, n)| n);
+        format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON {} ({LEAD_EXPRESSIONS})",
+            self.qualified
+        )
     }
 
     /// `CREATE TABLE IF NOT EXISTS` with the standard and the mapped columns.
@@ -188,6 +229,16 @@ impl Table {
         }
         columns
     }
+}
+
+/// `<table>_nectar_lead`, cut to the length PostgreSQL keeps (on a character boundary).
+fn lead_index_name(table: &str) -> String {
+    const SUFFIX: &str = "_nectar_lead";
+    let mut end = table.len().min(MAX_IDENTIFIER_BYTES - SUFFIX.len());
+    while !table.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{SUFFIX}", &table[..end])
 }
 
 /// `"name"`, doubling any quote (names are validated identifiers; this is belt and braces).
@@ -295,8 +346,29 @@ impl Mapping {
     pub fn rows<'e>(&self, events: impl IntoIterator<Item = &'e Event>) -> Rows {
         let mut per_table: Vec<Option<TableRows>> = vec![None; self.tables.len()];
         let mut rejects = Vec::new();
+        let mut erasures = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
+            let stripped;
+            let event = if event.envelope.event_type == ERASURE {
+                match Erasure::of(index, event) {
+                    Ok(erasure) => erasures.push(erasure),
+                    Err(reason) => {
+                        rejects.push((index, reason));
+                        continue;
+                    }
+                }
+                // The request is kept as a record that the lead was erased, without the
+                // personal data it may carry (the person to erase, a form).
+                stripped = Event::new(event.envelope.clone());
+                &stripped
+            } else {
+                event
+            };
             let Some(t) = self.table_for(&event.envelope.event_type) else {
+                if event.envelope.event_type == ERASURE {
+                    // Erased all the same; no table records the request.
+                    continue;
+                }
                 rejects.push((
                     index,
                     format!(
@@ -315,6 +387,7 @@ impl Mapping {
         Rows {
             tables: per_table.into_iter().flatten().collect(),
             rejects,
+            erasures,
         }
     }
 
@@ -360,6 +433,73 @@ pub struct Rows {
     pub tables: Vec<TableRows>,
     /// `(item index, reason)` of the events that cannot become rows.
     pub rejects: Vec<(usize, String)>,
+    /// The erasure requests of the delivery, in delivery order.
+    pub erasures: Vec<Erasure>,
+}
+
+/// A GDPR erasure request: delete every row of this lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    /// Index of the request in the delivery.
+    pub item: usize,
+    pub event_id: String,
+    pub workspace_id: String,
+    pub lead_key: String,
+}
+
+impl Erasure {
+    /// The erasure `event` (at `item`) asks for; an error when it names no lead.
+    pub fn of(item: usize, event: &Event) -> Result<Self, String> {
+        let envelope = &event.envelope;
+        match envelope.lead_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            Some(lead_key) => Ok(Self {
+                item,
+                event_id: envelope.event_id.clone(),
+                workspace_id: envelope.workspace_id.clone(),
+                lead_key: lead_key.to_owned(),
+            }),
+            None => Err(format!(
+                "{ERASURE} without envelope.lead_key: nothing says which lead's rows to delete"
+            )),
+        }
+    }
+}
+
+/// One statement of a delivery's transaction, in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Insert rows `range` of `Rows::tables[table_rows]`.
+    Insert { table_rows: usize, range: Range<usize> },
+    /// Delete the lead of `Rows::erasures[erasure]` from every table.
+    Erase { erasure: usize },
+}
+
+impl Rows {
+    /// The statements that write the delivery: the rows of the events before each erasure,
+    /// then the erasure, then the rows after it (the request's own row included), so an
+    /// erasure deletes what came before it in its partition and nothing after. Without
+    /// erasures: one insert per table.
+    pub fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut start = vec![0; self.tables.len()];
+        let boundaries = self.erasures.iter().map(|e| Some(e.item)).chain([None]);
+        for (erasure, boundary) in boundaries.enumerate() {
+            for (t, rows) in self.tables.iter().enumerate() {
+                let end = boundary.map_or(rows.len(), |item| rows.items.partition_point(|&i| i < item));
+                if end > start[t] {
+                    steps.push(Step::Insert {
+                        table_rows: t,
+                        range: start[t]..end,
+                    });
+                    start[t] = end;
+                }
+            }
+            if boundary.is_some() {
+                steps.push(Step::Erase { erasure });
+            }
+        }
+        steps
+    }
 }
 
 /// The values of one column for a run of rows.
@@ -741,6 +881,120 @@ mod tests {
             };
             assert_eq!(len, 2, "columns stay in step with the rows");
         }
+    }
+
+    fn erasure(id: &str, lead_key: Option<&str>) -> Event {
+        let mut event = event(id, ERASURE);
+        event.envelope.lead_key = lead_key.map(str::to_owned);
+        event
+    }
+
+    #[test]
+    fn erasure_deletes_by_the_indexed_envelope_fields_of_the_payload() {
+        let mapping = Mapping::new(&config()).unwrap();
+        let table = &mapping.tables[0];
+        assert_eq!(
+            table.erase_sql,
+            "DELETE FROM \"s1\".\"form_submissions\" WHERE (payload #>> '{envelope,workspace_id}') = $1 \
+             AND (payload #>> '{envelope,lead_key}') = $2"
+        );
+        assert_eq!(table.lead_index, "\"s1\".\"form_submissions_nectar_lead\"");
+        assert_eq!(
+            table.lead_index_sql(),
+            "CREATE INDEX IF NOT EXISTS \"form_submissions_nectar_lead\" ON \"s1\".\"form_submissions\" \
+             ((payload #>> '{envelope,workspace_id}'), (payload #>> '{envelope,lead_key}'))"
+        );
+        // The index's expressions are the delete's, so the planner can use it.
+        assert!(table.lead_index_sql().contains(LEAD_EXPRESSIONS));
+        let long = "t".repeat(63);
+        assert_eq!(lead_index_name(&long).len(), MAX_IDENTIFIER_BYTES);
+        assert!(lead_index_name(&long).ends_with("_nectar_lead"));
+    }
+
+    #[test]
+    fn an_erasure_request_is_recorded_without_personal_data() {
+        let mapping = Mapping::new(&config()).unwrap();
+        let rows = mapping.rows(&[erasure("x1", Some("k1"))]);
+        assert!(rows.rejects.is_empty(), "{:?}", rows.rejects);
+        assert_eq!(
+            rows.erasures,
+            vec![Erasure {
+                item: 0,
+                event_id: "x1".into(),
+                workspace_id: "acme".into(),
+                lead_key: "k1".into()
+            }]
+        );
+        let defaults = &rows.tables[0];
+        assert_eq!(defaults.event_types, vec![ERASURE]);
+        let payload: Value = serde_json::from_str(&defaults.payloads[0]).unwrap();
+        assert_eq!(payload["envelope"]["lead_key"], "k1");
+        for part in [
+            "person",
+            "form",
+            "commerce",
+            "activity",
+            "context",
+            "enrichment",
+            "score",
+        ] {
+            assert!(payload[part].is_null(), "{part}: {payload}");
+        }
+        assert_eq!(payload["attributes"], serde_json::json!({}));
+        assert!(!defaults.payloads[0].contains("@example.com"));
+    }
+
+    #[test]
+    fn an_erasure_without_a_table_is_applied_and_one_without_a_lead_is_rejected() {
+        let mut config = config();
+        config.default_table = String::new();
+        let mapping = Mapping::new(&config).unwrap();
+        let rows = mapping.rows(&[erasure("x1", Some("k1")), erasure("x2", None), erasure("x3", Some(" "))]);
+        assert!(rows.tables.is_empty());
+        assert_eq!(rows.erasures.len(), 1);
+        assert_eq!(rows.erasures[0].item, 0);
+        assert_eq!(rows.rejects.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(
+            rows.rejects[0].1.contains("without envelope.lead_key"),
+            "{:?}",
+            rows.rejects
+        );
+    }
+
+    #[test]
+    fn steps_insert_what_precedes_an_erasure_then_erase_then_insert_the_rest() {
+        let mapping = Mapping::new(&config()).unwrap();
+        let events = [
+            event("e0", "form.submitted"),
+            event("e1", "page.viewed"),
+            erasure("x2", Some("k1")),
+            event("e3", "form.submitted"),
+            event("e4", "page.viewed"),
+            erasure("x5", Some("k2")),
+            erasure("x6", Some("k3")),
+        ];
+        let rows = mapping.rows(&events);
+        assert!(rows.rejects.is_empty(), "{:?}", rows.rejects);
+        // rows.tables[0]: form_submissions (e0, e3); [1]: nectar_events (e1, x2, e4, x5, x6).
+        assert_eq!(rows.tables[1].items, vec![1, 2, 4, 5, 6]);
+        let insert = |table_rows, range| Step::Insert { table_rows, range };
+        assert_eq!(
+            rows.steps(),
+            vec![
+                insert(0, 0..1),
+                insert(1, 0..1),
+                Step::Erase { erasure: 0 },
+                insert(0, 1..2),
+                insert(1, 1..3),
+                Step::Erase { erasure: 1 },
+                insert(1, 3..4),
+                Step::Erase { erasure: 2 },
+                insert(1, 4..5),
+            ]
+        );
+        let plain = mapping.rows(&[event("e0", "form.submitted"), event("e1", "page.viewed")]);
+        assert_eq!(plain.steps(), vec![insert(0, 0..1), insert(1, 0..1)]);
+        assert_eq!(mapping.rows(&[]).steps(), vec![]);
     }
 
     #[test]

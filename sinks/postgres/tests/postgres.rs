@@ -17,8 +17,8 @@ use nectar_core::events::Event;
 use nectar_sink::{Connector, Delivery, DeliveryError, Item, ItemResult, Positions, StartError};
 use nectar_sink_postgres::{PostgresConfig, PostgresConnector, TableConfig};
 use nectar_tests::sink::{
-    SinkTopics, dlq_summary, event_ids, fresh_sink_topics, pg_stored_positions, produce_events, read_dlq, replay,
-    run_to_exit, sample_events, sink_env,
+    SinkTopics, dlq_summary, erasure_event, event_ids, for_lead, fresh_sink_topics, pg_stored_positions,
+    produce_events, read_dlq, replay, run_to_exit, sample_events, sink_env,
 };
 use nectar_tests::{ServiceProcess, assert_exactly_once, kafka_config, watermarks};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -575,6 +575,94 @@ async fn wrong_password_stops_the_sink_at_start() {
     );
 }
 
+/// Every row of `tables` as `event_id → payload`.
+async fn payloads(pool: &PgPool, schema: &str, tables: &[&str]) -> HashMap<String, serde_json::Value> {
+    let mut rows = HashMap::new();
+    for table in tables {
+        let found: Vec<(String, serde_json::Value)> =
+            sqlx::query_as(&format!("SELECT event_id, payload FROM {schema}.{table}"))
+                .fetch_all(pool)
+                .await
+                .expect("payloads");
+        rows.extend(found);
+    }
+    rows
+}
+
+/// GDPR erasure through the whole service: leads A and B are written, then A's erasure
+/// request arrives in the same batch as one more event of A before it and one after it.
+/// Only B's rows, the other workspace's row with A's lead key, the request (recorded without
+/// the person) and A's event after the request remain. A second consumer group reading the
+/// whole topic again (every event redelivered) leaves exactly the same rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_deletes_the_leads_earlier_rows_and_keeps_what_follows_it() {
+    let pool = pg().await;
+    let schema = fresh_name("t");
+    let topics = fresh_sink_topics("postgres").await;
+    let env = env_for(&topics, &base_url(), &schema, &fresh_name("erase"), TABLES_TOML);
+    run_check(&env);
+
+    let lead_a = "ws-test:lead-a";
+    let a_before = for_lead(sample_events(8, "a"), lead_a);
+    let b = for_lead(sample_events(8, "b"), "ws-test:lead-b");
+    let mut other_workspace = for_lead(sample_events(1, "other"), lead_a);
+    other_workspace[0].envelope.workspace_id = "ws-other".into();
+    let mut sink = ServiceProcess::start(BIN, env.clone());
+    let first: Vec<Event> = [a_before.clone(), b.clone(), other_workspace.clone()].concat();
+    produce_events(&topics.deliver, &first).await;
+    wait_positions_at_end(&pool, &schema, &topics, &mut sink).await;
+    assert_eq!(row_counts(&pool, &schema, &TABLES).await, (17, 17));
+
+    // One batch: A's last event before the request, the request, A's first one after it.
+    let a_late = for_lead(sample_events(1, "a-late"), lead_a);
+    let erasure = erasure_event(lead_a, "lead-a-0@example.com");
+    let a_after = for_lead(sample_events(2, "post"), lead_a);
+    let second: Vec<Event> = [a_late.clone(), vec![erasure.clone()], a_after.clone()].concat();
+    produce_events(&topics.deliver, &second).await;
+    wait_positions_at_end(&pool, &schema, &topics, &mut sink).await;
+    assert!(
+        sink.log().contains("erasure request: the lead's rows are deleted"),
+        "{}",
+        sink.log()
+    );
+    assert!(sink.terminate().success());
+
+    let mut expected: Vec<String> = [event_ids(&b), event_ids(&other_workspace), event_ids(&a_after)].concat();
+    expected.push(erasure.envelope.event_id.clone());
+    expected.sort();
+    let check = |rows: HashMap<String, serde_json::Value>| {
+        let mut ids: Vec<String> = rows.keys().cloned().collect();
+        ids.sort();
+        assert_eq!(ids, expected);
+        let request = &rows[&erasure.envelope.event_id];
+        assert_eq!(request["envelope"]["lead_key"], lead_a);
+        assert!(
+            request["person"].is_null(),
+            "the request keeps no personal data: {request}"
+        );
+        for (id, payload) in &rows {
+            assert!(
+                !payload.to_string().contains("lead-a-"),
+                "{id} still holds lead A's data: {payload}"
+            );
+        }
+    };
+    check(payloads(&pool, &schema, &TABLES).await);
+    assert_exactly_once(&expected, &row_ids(&pool, &schema, &TABLES).await);
+
+    // Redelivery of everything, in order (a new group has no stored positions): the same rows.
+    let again = SinkTopics {
+        group: format!("{}-again", topics.group),
+        ..topics.clone()
+    };
+    let env = env_for(&again, &base_url(), &schema, &fresh_name("erase"), TABLES_TOML);
+    let mut sink = ServiceProcess::start(BIN, env);
+    wait_positions_at_end(&pool, &schema, &again, &mut sink).await;
+    assert!(sink.terminate().success());
+    check(payloads(&pool, &schema, &TABLES).await);
+    exec(&pool, &format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The connector alone against PostgreSQL.
 
@@ -961,4 +1049,77 @@ async fn wrong_password_and_refused_connection_are_told_apart_at_start() {
         matches!(&err, StartError::Config(m) if m.contains("does not exist")),
         "{err:?}"
     );
+}
+
+/// Erasure at the connector: within one delivery the rows before the request are deleted
+/// and those after it kept, in every table; redelivering the delivery leaves the same rows;
+/// the delete uses the index start creates, also on a table that existed without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_in_a_batch_is_ordered_idempotent_and_indexed() {
+    let pool = pg().await;
+    let schema = fresh_name("t");
+    let config = target(&schema);
+    let connector = started(&config).await;
+    let lead = "ws-test:lead-x";
+    let before = for_lead(sample_events(4, "x"), lead);
+    let kept = for_lead(sample_events(4, "y"), "ws-test:lead-y");
+    let erasure = erasure_event(lead, "lead-x-0@example.com");
+    let after = for_lead(sample_events(4, "x-after"), lead);
+    let events: Vec<Event> = [before.clone(), kept.clone(), vec![erasure.clone()], after.clone()].concat();
+    let items: Vec<Item> = events.iter().enumerate().map(|(i, e)| item(e, 0, i as i64)).collect();
+    let tables = ["leads", "nectar_events"];
+    let mut expected: Vec<String> = [event_ids(&kept), event_ids(&after)].concat();
+    expected.push(erasure.envelope.event_id.clone());
+    for _ in 0..2 {
+        let results = connector
+            .deliver(Delivery {
+                items: &items,
+                positions: Some(&positions(&[(0, items.len() as i64)])),
+            })
+            .await
+            .unwrap();
+        assert!(results.iter().all(|r| *r == ItemResult::Delivered), "{results:?}");
+        assert_exactly_once(&expected, &row_ids(&pool, &schema, &tables).await);
+    }
+    // The erasure of a lead with rows from earlier deliveries only.
+    let second = erasure_event("ws-test:lead-y", "lead-y-0@example.com");
+    connector
+        .write_events(std::slice::from_ref(&second), None)
+        .await
+        .expect("erasure alone");
+    expected.retain(|id| !event_ids(&kept).contains(id));
+    expected.push(second.envelope.event_id.clone());
+    assert_exactly_once(&expected, &row_ids(&pool, &schema, &tables).await);
+
+    // The index is there and the delete can use it.
+    for table in tables {
+        let index: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("{schema}.{table}_nectar_lead"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(index.is_some(), "no erasure index on {table}");
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    conn.execute("SET enable_seqscan = off").await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", connector.mapping().tables[0].erase_sql))
+        .bind("ws-test")
+        .bind(lead)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert!(plan.join("\n").contains("leads_nectar_lead"), "{plan:?}");
+    conn.execute("RESET enable_seqscan").await.unwrap();
+    drop(conn);
+
+    // A table created before erasure support (no index): start adds the index.
+    exec(&pool, &format!("DROP INDEX {schema}.leads_nectar_lead")).await;
+    started(&config).await;
+    let index: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.leads_nectar_lead"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(index.is_some(), "start did not add the erasure index");
+    exec(&pool, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
