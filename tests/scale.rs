@@ -50,7 +50,7 @@ use nectar_core::events::{EVENT_ID_HEADER, Event, now_millis};
 use nectar_core::ids::derived_event_id;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_tests::ingest::InProcessIngest;
-use nectar_tests::sink::{SinkTopics, pg_stored_positions, sink_env};
+use nectar_tests::sink::{SinkTopics, opensearch_url, os_hits, pg_stored_positions, sink_env};
 use nectar_tests::{
     Record, ServiceProcess, assert_exactly_once, codec, fresh_topics, ingest_config, kafka_config, processor_env,
     read_topic_within, unique,
@@ -625,29 +625,11 @@ async fn pg_insert_transactions(pool: &PgPool, schema: &str) -> HashMap<String, 
 // ---------------------------------------------------------------------------------------
 // OpenSearch.
 
-fn opensearch_url() -> String {
-    std::env::var("NECTAR_OS_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
-}
-
 /// Documents in `<prefix>-*` per `envelope.event_id`, after a refresh; each document's `_id`
 /// must be its event id.
 async fn os_documents(http: &reqwest::Client, prefix: &str) -> HashMap<String, usize> {
-    let base = opensearch_url();
-    http.post(format!("{base}/{prefix}-*/_refresh"))
-        .send()
-        .await
-        .expect("refresh");
-    let answer: Value = http
-        .post(format!("{base}/{prefix}-*/_search"))
-        .json(&json!({"size": 10_000, "_source": ["envelope.event_id"], "query": {"match_all": {}}}))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("search answer");
     let mut counts = HashMap::new();
-    for hit in answer["hits"]["hits"].as_array().cloned().unwrap_or_default() {
+    for hit in os_hits(http, prefix, json!({ "_source": ["envelope.event_id"] })).await {
         let id = hit["_source"]["envelope"]["event_id"]
             .as_str()
             .unwrap_or("?")

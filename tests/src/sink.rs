@@ -315,3 +315,33 @@ pub async fn pg_stored_positions(pool: &sqlx::PgPool, schema: &str, group: &str,
     .into_iter()
     .collect()
 }
+
+/// The OpenSearch the local stack runs (`NECTAR_OS_URL`, else 127.0.0.1:9200).
+pub fn opensearch_url() -> String {
+    std::env::var("NECTAR_OS_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+/// Every document of the indices `<prefix>-*`, after a refresh, as search hits. `search` is
+/// the rest of the search body (`_source`, `version`, ...); `size` and `query` are set here.
+pub async fn os_hits(http: &reqwest::Client, prefix: &str, mut search: serde_json::Value) -> Vec<serde_json::Value> {
+    let base = opensearch_url();
+    http.post(format!("{base}/{prefix}-*/_refresh"))
+        .send()
+        .await
+        .expect("refresh");
+    search["size"] = 10_000.into();
+    search["query"] = serde_json::json!({ "match_all": {} });
+    let mut answer: serde_json::Value = http
+        .post(format!("{base}/{prefix}-*/_search"))
+        .json(&search)
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("search answer");
+    match answer["hits"]["hits"].take() {
+        serde_json::Value::Array(hits) => hits,
+        _ => Vec::new(),
+    }
+}

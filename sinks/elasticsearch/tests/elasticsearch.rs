@@ -20,17 +20,13 @@ use std::time::Duration;
 use nectar_core::events::Event;
 use nectar_tests::proxy::{Failure, Proxy};
 use nectar_tests::sink::{
-    SinkTopics, dlq_summary, erasure_event, event_ids, for_lead, fresh_sink_topics, produce_events, read_dlq, replay,
-    run_to_exit, sample_events, sink_env,
+    SinkTopics, dlq_summary, erasure_event, event_ids, for_lead, fresh_sink_topics, opensearch_url, os_hits,
+    produce_events, read_dlq, replay, run_to_exit, sample_events, sink_env,
 };
 use nectar_tests::{ServiceProcess, assert_exactly_once, wait_caught_up};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nectar-sink-elasticsearch");
-
-fn opensearch_url() -> String {
-    std::env::var("NECTAR_OS_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
-}
 
 /// One test's indices (`<prefix>-%Y.%m.%d`) and index template (`<prefix>`), removed on drop.
 struct Indices {
@@ -75,30 +71,15 @@ impl Indices {
     /// Every document in the test's indices: event id → the indices holding it (one entry
     /// per document) and the highest `_version` seen.
     async fn documents(&self) -> (HashMap<String, Vec<String>>, HashMap<String, i64>) {
-        let base = opensearch_url();
-        self.http
-            .post(format!("{base}/{}-*/_refresh", self.prefix))
-            .send()
-            .await
-            .expect("refresh");
-        let answer: Value = self
-            .http
-            .post(format!("{base}/{}-*/_search", self.prefix))
-            .json(&json!({
-                "size": 10_000,
-                "version": true,
-                "_source": ["envelope.event_id"],
-                "query": { "match_all": {} },
-            }))
-            .send()
-            .await
-            .expect("search")
-            .json()
-            .await
-            .expect("search answer");
+        let hits = os_hits(
+            &self.http,
+            &self.prefix,
+            json!({ "version": true, "_source": ["envelope.event_id"] }),
+        )
+        .await;
         let mut where_ = HashMap::<String, Vec<String>>::new();
         let mut versions = HashMap::new();
-        for hit in answer["hits"]["hits"].as_array().cloned().unwrap_or_default() {
+        for hit in hits {
             let id = hit["_source"]["envelope"]["event_id"]
                 .as_str()
                 .unwrap_or("?")
@@ -121,26 +102,8 @@ impl Indices {
 
     /// Every document's `_source` by `_id`.
     async fn sources(&self) -> HashMap<String, Value> {
-        let base = opensearch_url();
-        self.http
-            .post(format!("{base}/{}-*/_refresh", self.prefix))
-            .send()
+        os_hits(&self.http, &self.prefix, json!({}))
             .await
-            .expect("refresh");
-        let answer: Value = self
-            .http
-            .post(format!("{base}/{}-*/_search", self.prefix))
-            .json(&json!({ "size": 10_000, "query": { "match_all": {} } }))
-            .send()
-            .await
-            .expect("search")
-            .json()
-            .await
-            .expect("search answer");
-        answer["hits"]["hits"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
             .into_iter()
             .map(|hit| (hit["_id"].as_str().unwrap_or("?").to_owned(), hit["_source"].clone()))
             .collect()
