@@ -162,6 +162,37 @@ pub fn record_lag<C: rdkafka::consumer::ConsumerContext>(
     }
 }
 
+/// Headers to produce, from owned `(name, value)` pairs (the inverse of [`owned_headers`]).
+pub fn kafka_headers(headers: &[(String, Vec<u8>)]) -> rdkafka::message::OwnedHeaders {
+    headers.iter().fold(
+        rdkafka::message::OwnedHeaders::new_with_capacity(headers.len()),
+        |owned, (key, value)| {
+            owned.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_slice()),
+            })
+        },
+    )
+}
+
+/// The context of a consumer that reads partitions to their end (`enable.partition.eof`): the
+/// end of a partition is how it knows it is done, not an error to log. (librdkafka also
+/// reports it as a global error, which the default context logs at ERROR every time.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadToEndContext;
+
+impl rdkafka::ClientContext for ReadToEndContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReadToEndContext {}
+
 /// A consumed record's headers, owned (a header without a value becomes an empty one).
 pub fn owned_headers<M: rdkafka::message::Message>(message: &M) -> Vec<(String, Vec<u8>)> {
     use rdkafka::message::Headers;
@@ -173,4 +204,24 @@ pub fn owned_headers<M: rdkafka::message::Message>(message: &M) -> Vec<(String, 
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+
+    #[test]
+    fn kafka_headers_keep_names_values_and_order() {
+        let pairs = vec![
+            ("traceparent".to_owned(), b"00-abc".to_vec()),
+            ("nectar-event-id".to_owned(), b"e1".to_vec()),
+            ("empty".to_owned(), Vec::new()),
+        ];
+        let headers = super::kafka_headers(&pairs);
+        let back: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+            .collect();
+        assert_eq!(back, pairs);
+    }
 }

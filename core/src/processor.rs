@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
@@ -612,14 +612,8 @@ impl<P: Processor> Loop<P> {
     }
 
     fn send(&self, output: &Output) -> anyhow::Result<()> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &output.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            });
-        }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&output.topic).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&output.topic).headers(crate::kafka::kafka_headers(&output.headers));
         if let Some(partition) = output.partition {
             record = record.partition(partition);
         }

@@ -18,16 +18,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::events::EVENT_ID_HEADER;
-use crate::kafka::{client_config, idempotent_producer};
+use crate::kafka::{ReadToEndContext, client_config, idempotent_producer, kafka_headers};
 use crate::processor::dlq_headers;
 
 /// Set on a replayed record: `<dlq topic>/<partition>/<offset>` it was replayed from.
@@ -323,15 +322,8 @@ async fn produce(kafka: &KafkaConfig, dlq: &str, planned: &[(String, DeadLetter)
     for window in planned.chunks(PRODUCE_WINDOW) {
         let mut pending = Vec::with_capacity(window.len());
         for (to, letter) in window {
-            let headers = letter.replayed_headers(dlq);
-            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-            for (k, v) in &headers {
-                owned = owned.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                });
-            }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to).headers(owned);
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(to).headers(kafka_headers(&letter.replayed_headers(dlq)));
             if let Some(v) = &letter.value {
                 record = record.payload(v);
             }
@@ -369,25 +361,9 @@ async fn produce(kafka: &KafkaConfig, dlq: &str, planned: &[(String, DeadLetter)
     Ok(replayed)
 }
 
-/// The read consumer's context: the end of a partition is how the read knows it is done, not an
-/// error to log.
-struct ReadContext;
-
-impl ClientContext for ReadContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
-        if !end_of_partition {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReadContext {}
-
 /// Read `dlq` up to its end as of now; (dead letters read, those matching `filter`).
 fn scan(kafka: &KafkaConfig, dlq: &str, filter: &Filter) -> anyhow::Result<(usize, Vec<DeadLetter>)> {
-    let consumer: BaseConsumer<ReadContext> = {
+    let consumer: BaseConsumer<ReadToEndContext> = {
         let mut config = client_config(kafka, "nectar-replay");
         config
             .set("group.id", "nectar-replay")
@@ -396,7 +372,7 @@ fn scan(kafka: &KafkaConfig, dlq: &str, filter: &Filter) -> anyhow::Result<(usiz
             // With read_committed, a partition's end is reported at its last stable offset:
             // a transactional topic's last offset is a commit marker no consumer ever sees.
             .set("enable.partition.eof", "true");
-        config.create_with_context(ReadContext)?
+        config.create_with_context(ReadToEndContext)?
     };
     let timeout = Duration::from_secs(10);
     let metadata = consumer

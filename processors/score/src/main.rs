@@ -14,14 +14,14 @@ use std::time::Duration;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
 use nectar_core::events::{Event, LeadState};
 use nectar_core::ids;
+use nectar_core::kafka::ReadToEndContext;
 use nectar_core::processor::{
     InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
 use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
-use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -124,13 +124,13 @@ impl Score {
     /// Read changelog partition `partition` to its end into a fresh store.
     fn rebuild(&self, partition: i32) -> Result<HashMap<String, LeadState>, ProcessError> {
         let retry = |e: rdkafka::error::KafkaError| ProcessError::Retry(format!("reading the changelog: {e}"));
-        let consumer: BaseConsumer<RestoreContext> =
+        let consumer: BaseConsumer<ReadToEndContext> =
             nectar_core::kafka::client_config(&self.kafka, "nectar-score-restore")
                 .set("group.id", "nectar-score-restore")
                 .set("enable.auto.commit", "false")
                 .set("isolation.level", "read_committed")
                 .set("enable.partition.eof", "true")
-                .create_with_context(RestoreContext)
+                .create_with_context(ReadToEndContext)
                 .map_err(retry)?;
         let (low, high) = consumer
             .fetch_watermarks(&self.topics.changelog, partition, Duration::from_secs(10))
@@ -299,20 +299,3 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
 }
-
-/// The changelog restore consumer's context: the end of the partition is how a rebuild knows
-/// it is done, not an error to log (librdkafka also reports it as a global error, which the
-/// default context logs at ERROR on every rebuild).
-struct RestoreContext;
-
-impl ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF);
-        if !end_of_partition {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for RestoreContext {}

@@ -12,7 +12,6 @@ use nectar_core::admin::Readiness;
 use nectar_core::events::{Event, now_millis};
 use nectar_core::processor::dlq_headers;
 use nectar_core::schema::{Codec, CodecError};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::SinkConfig;
@@ -383,14 +382,8 @@ impl<C: Connector> Deliverer<C> {
         let headers = dlq_headers_for(record, &self.name, reason, response, attempts);
         let mut attempt = 0;
         loop {
-            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-            for (k, v) in &headers {
-                owned = owned.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                });
-            }
-            let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dlq_topic).headers(owned);
+            let mut out: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.dlq_topic).headers(nectar_core::kafka::kafka_headers(&headers));
             if let Some(value) = &record.value {
                 out = out.payload(value.as_slice());
             }
