@@ -50,7 +50,7 @@ use nectar_core::events::{EVENT_ID_HEADER, Event, now_millis};
 use nectar_core::ids::derived_event_id;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_tests::ingest::InProcessIngest;
-use nectar_tests::sink::{SinkTopics, opensearch_url, os_hits, pg_stored_positions, sink_env};
+use nectar_tests::sink::{SinkTopics, hit_event_id, opensearch_url, os_hits, pg_stored_positions, sink_env};
 use nectar_tests::{
     Record, ServiceProcess, assert_exactly_once, codec, fresh_topics, ingest_config, kafka_config, processor_env,
     read_topic_within, unique,
@@ -630,15 +630,7 @@ async fn pg_insert_transactions(pool: &PgPool, schema: &str) -> HashMap<String, 
 async fn os_documents(http: &reqwest::Client, prefix: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for hit in os_hits(http, prefix, json!({ "_source": ["envelope.event_id"] })).await {
-        let id = hit["_source"]["envelope"]["event_id"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
-        assert_eq!(
-            hit["_id"].as_str(),
-            Some(id.as_str()),
-            "the document _id is the event id"
-        );
+        let id = hit_event_id(&hit);
         *counts.entry(id).or_insert(0) += 1;
     }
     counts

@@ -86,10 +86,18 @@ impl Service {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    nectar_tests::free_addr().port()
+}
+
+/// `--bin-dir`, else the directory of this binary (the release build's, beside the services).
+fn bin_dir(arg: Option<&PathBuf>) -> PathBuf {
+    arg.cloned().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("exe")
+            .parent()
+            .expect("dir")
+            .to_path_buf()
+    })
 }
 
 async fn start_ingest(bin: &PathBuf, topic: &str) -> anyhow::Result<Service> {

@@ -216,13 +216,7 @@ fn producer_perf(stack: &Path, topic: &str, records: usize, size: usize) -> f64 
 }
 
 pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("exe")
-            .parent()
-            .expect("dir")
-            .to_path_buf()
-    });
+    let bin_dir = super::bin_dir(args.bin_dir.as_ref());
     let stack = args
         .stack
         .clone()

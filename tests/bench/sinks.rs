@@ -206,13 +206,6 @@ async fn baseline(target: &Target, events: &[Event], run: &str) -> anyhow::Resul
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn peak_rss_mib(process: &ServiceProcess) -> Option<f64> {
     let pid = process.pid()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -322,7 +315,7 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
 
     // Throughput: drain the backlog.
     let bin = bin_dir.join(format!("nectar-sink-{name}"));
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", super::free_port());
     let mut process = ServiceProcess::start(&bin, target.sink_env(&topics, &admin));
     let first = wait_count(&target, 1, &mut process, Duration::from_secs(120)).await?;
     let first_count = target.count().await?;
@@ -332,7 +325,7 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
     process.terminate();
 
     // Latency: a fresh process (fresh histogram), a steady rate.
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", super::free_port());
     let mut process = ServiceProcess::start(&bin, target.sink_env(&topics, &admin));
     let ready = format!("http://{admin}/readyz");
     let http = reqwest::Client::new();
@@ -383,13 +376,7 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
 }
 
 pub async fn run(args: SinksArgs) -> anyhow::Result<()> {
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("exe")
-            .parent()
-            .expect("dir")
-            .to_path_buf()
-    });
+    let bin_dir = super::bin_dir(args.bin_dir.as_ref());
     println!(
         "nectar-bench sinks: {} events in the backlog, then {}/s for {} s; release binaries from {}",
         args.events,

@@ -3,17 +3,11 @@
 //! (what SIGTERM triggers in the binary). `TestIngest` serves only the router, for tests that
 //! need the state; this runs the whole service.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nectar_ingest::ServiceConfig;
 
-/// A free loopback address (bound, then released).
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
+use crate::free_addr;
 
 #[derive(Debug)]
 pub struct InProcessIngest {

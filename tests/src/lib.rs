@@ -67,6 +67,13 @@ pub async fn fresh_topics() -> RawTopics {
     topics
 }
 
+/// A free loopback address (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
 /// Fresh topics and group of a one-input processor test: input and output with 3
 /// partitions, a DLQ with 1.
 #[derive(Debug, Clone)]

@@ -345,3 +345,18 @@ pub async fn os_hits(http: &reqwest::Client, prefix: &str, mut search: serde_jso
         _ => Vec::new(),
     }
 }
+
+/// The event id of an OpenSearch hit (`_source.envelope.event_id`), asserting that the
+/// document's `_id` is that event id, as the sink writes it.
+pub fn hit_event_id(hit: &serde_json::Value) -> String {
+    let id = hit["_source"]["envelope"]["event_id"]
+        .as_str()
+        .unwrap_or("?")
+        .to_owned();
+    assert_eq!(
+        hit["_id"].as_str(),
+        Some(id.as_str()),
+        "the document _id is the event id"
+    );
+    id
+}

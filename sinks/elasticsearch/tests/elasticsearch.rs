@@ -20,8 +20,8 @@ use std::time::Duration;
 use nectar_core::events::Event;
 use nectar_tests::proxy::{Failure, Proxy};
 use nectar_tests::sink::{
-    SinkTopics, dlq_summary, erasure_event, event_ids, for_lead, fresh_sink_topics, opensearch_url, os_hits,
-    produce_events, read_dlq, replay, run_to_exit, sample_events, sink_env,
+    SinkTopics, dlq_summary, erasure_event, event_ids, for_lead, fresh_sink_topics, hit_event_id, opensearch_url,
+    os_hits, produce_events, read_dlq, replay, run_to_exit, sample_events, sink_env,
 };
 use nectar_tests::{ServiceProcess, assert_exactly_once, wait_caught_up};
 use serde_json::{Value, json};
@@ -80,15 +80,7 @@ impl Indices {
         let mut where_ = HashMap::<String, Vec<String>>::new();
         let mut versions = HashMap::new();
         for hit in hits {
-            let id = hit["_source"]["envelope"]["event_id"]
-                .as_str()
-                .unwrap_or("?")
-                .to_owned();
-            assert_eq!(
-                hit["_id"].as_str(),
-                Some(id.as_str()),
-                "the document _id is the event id"
-            );
+            let id = hit_event_id(&hit);
             where_
                 .entry(id.clone())
                 .or_default()
