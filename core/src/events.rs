@@ -102,6 +102,42 @@ impl Event {
             score: None,
         }
     }
+
+    pub fn is_erasure(&self) -> bool {
+        self.envelope.event_type == ERASURE
+    }
+
+    /// The lead the event belongs to: its workspace and (non-blank) lead key.
+    pub fn lead(&self) -> Option<Lead> {
+        let lead_key = self.envelope.lead_key.as_deref().filter(|k| !k.trim().is_empty())?;
+        Some(Lead {
+            workspace_id: self.envelope.workspace_id.clone(),
+            lead_key: lead_key.to_owned(),
+        })
+    }
+
+    /// The lead an erasure request asks to erase, or why it names none.
+    pub fn lead_to_erase(&self) -> Result<Lead, String> {
+        self.lead()
+            .ok_or_else(|| format!("{ERASURE} without envelope.lead_key: nothing says which lead to erase"))
+    }
+
+    /// What a sink keeps of an erasure request: its envelope, without the personal data the
+    /// request may carry (the person to erase, a form).
+    pub fn erasure_record(&self) -> Event {
+        Event::new(self.envelope.clone())
+    }
+}
+
+/// The canonical type of GDPR erasure requests: the route processor sends every one to each
+/// of `route.erasure_sinks`, score forgets the lead, the storing sinks delete it.
+pub const ERASURE: &str = "lead.erasure_requested";
+
+/// A lead as erasure requests name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lead {
+    pub workspace_id: String,
+    pub lead_key: String,
 }
 
 /// `io.nectar.Person`.

@@ -117,8 +117,7 @@ pub fn sample_events(n: usize, tag: &str) -> Vec<Event> {
         .collect()
 }
 
-/// The event type of GDPR erasure requests (`nectar_route::ERASURE`).
-pub const ERASURE: &str = "lead.erasure_requested";
+pub use nectar_core::events::ERASURE;
 
 /// `events` made one lead's: `envelope.lead_key` (and so the record key and partition) set
 /// to `lead_key`.

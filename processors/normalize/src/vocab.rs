@@ -39,7 +39,7 @@ pub const COMMUNITY_JOINED: &str = "community.joined";
 /// A person posted in a community workspace (Slack `message`, `app_mention`).
 pub const COMMUNITY_ENGAGED: &str = "community.engaged";
 /// A person asked to be forgotten (GDPR Art. 17). Downstream stages erase the lead.
-pub const LEAD_ERASURE_REQUESTED: &str = "lead.erasure_requested";
+pub const LEAD_ERASURE_REQUESTED: &str = nectar_core::events::ERASURE;
 
 /// Prefix of app events whose type is not in the vocabulary: `trial.started` becomes
 /// `app.trial.started`.

@@ -14,8 +14,7 @@ use cel::{Context, Program, Value};
 use nectar_core::events::Event;
 use serde::Deserialize;
 
-/// Canonical type of GDPR erasure requests.
-pub const ERASURE: &str = "lead.erasure_requested";
+pub use nectar_core::events::ERASURE;
 
 /// The `[route]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +148,7 @@ impl Router {
         let mut sinks = BTreeSet::new();
         let mut matched = Vec::new();
         let mut failed = Vec::new();
-        if event.envelope.event_type == ERASURE {
+        if event.is_erasure() {
             sinks.extend(self.erasure_sinks.iter().cloned());
         }
         let mut context = Context::default();

@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use nectar_core::events::{Event, LeadScore, LeadState};
 use serde::Deserialize;
 
-/// Canonical type of GDPR erasure requests.
-pub const ERASURE: &str = "lead.erasure_requested";
+pub use nectar_core::events::ERASURE;
 /// Canonical type of the lifecycle event emitted when a lead crosses a threshold.
 pub const STAGE_CHANGED: &str = "lead.stage_changed";
 

@@ -20,7 +20,7 @@ use nectar_core::processor::{
 };
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
-use nectar_score::{ERASURE, STAGE_CHANGED, ScoreModel, ScoreRules};
+use nectar_score::{STAGE_CHANGED, ScoreModel, ScoreRules};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -197,7 +197,7 @@ impl Processor for Score {
         };
         let partition = record.partition;
         self.remember(partition, &lead_key);
-        if event.envelope.event_type == ERASURE {
+        if event.is_erasure() {
             self.stores.entry(partition).or_default().remove(&lead_key);
             let tombstone = self.changelog_output(partition, &lead_key, None).await?;
             return Ok(vec![tombstone, self.event_output(&event, record).await?]);

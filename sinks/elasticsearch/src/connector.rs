@@ -124,8 +124,8 @@ impl ElasticsearchConnector {
             .render(envelope.occurred_at, &envelope.workspace_id)
             .map_err(|e| ItemResult::reject(format!("no index for this event: {e}"), String::new()))?;
         let recorded;
-        let event = if erasure::is_erasure(&item.event) {
-            recorded = erasure::recorded(&item.event);
+        let event = if item.event.is_erasure() {
+            recorded = item.event.erasure_record();
             &recorded
         } else {
             &*item.event
@@ -165,7 +165,10 @@ impl ElasticsearchConnector {
             self.search_and_delete(lead, &pattern).await?
         } else {
             let path = erasure::delete_path(&pattern);
-            match self.post("_delete_by_query", &path, Body::Json(&lead.query())).await {
+            match self
+                .post("_delete_by_query", &path, Body::Json(&erasure::lead_query(lead)))
+                .await
+            {
                 Ok(body) => erasure::classify_delete(&body)?,
                 Err(Answer::NoSuchEndpoint) => {
                     tracing::warn!(
@@ -466,15 +469,15 @@ impl Connector for ElasticsearchConnector {
         // Leads whose erasure request waits for a retry: their later events wait with it.
         let mut waiting: HashSet<Lead> = HashSet::new();
         for (i, item) in items.iter().enumerate() {
-            let lead = Lead::of(&item.event);
+            let lead = item.event.lead();
             if lead.as_ref().is_some_and(|l| waiting.contains(l)) {
                 results[i] = Some(ItemResult::retry(
                     "an erasure request of this lead before it is not applied yet",
                 ));
                 continue;
             }
-            if erasure::is_erasure(&item.event) {
-                let lead = match Lead::to_erase(&item.event) {
+            if item.event.is_erasure() {
+                let lead = match item.event.lead_to_erase() {
                     Ok(lead) => lead,
                     Err(reason) => {
                         results[i] = Some(ItemResult::reject(reason, String::new()));
@@ -484,7 +487,7 @@ impl Connector for ElasticsearchConnector {
                 // The events before the request are indexed before the delete runs.
                 self.index(&mut pending, &mut results).await?;
                 let earlier_not_indexed = items[..i].iter().zip(&results).any(|(earlier, result)| {
-                    matches!(result, Some(ItemResult::Retry { .. })) && Lead::of(&earlier.event).as_ref() == Some(&lead)
+                    matches!(result, Some(ItemResult::Retry { .. })) && earlier.event.lead().as_ref() == Some(&lead)
                 });
                 if earlier_not_indexed {
                     results[i] = Some(ItemResult::retry(

@@ -29,62 +29,24 @@
 //! sink (the credentials need `read` and `delete` (or `write`) and `maintenance` on the
 //! indices).
 
-use nectar_core::events::Event;
 use nectar_sink::DeliveryError;
 use nectar_sink::http::excerpt;
 use serde_json::{Value, json};
 
-/// The event type of GDPR erasure requests (`nectar_route::ERASURE`).
-pub const ERASURE: &str = "lead.erasure_requested";
+pub use nectar_core::events::{ERASURE, Lead};
 
-/// The lead an erasure request names.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Lead {
-    pub workspace_id: String,
-    pub lead_key: String,
-}
-
-impl Lead {
-    /// The lead of `event`, if it has a lead key.
-    pub fn of(event: &Event) -> Option<Self> {
-        let envelope = &event.envelope;
-        let lead_key = envelope.lead_key.as_deref().filter(|k| !k.trim().is_empty())?;
-        Some(Self {
-            workspace_id: envelope.workspace_id.clone(),
-            lead_key: lead_key.to_owned(),
-        })
-    }
-
-    /// The lead an erasure request `event` asks to erase, or why it names none.
-    pub fn to_erase(event: &Event) -> Result<Self, String> {
-        Self::of(event).ok_or_else(|| {
-            format!("{ERASURE} without envelope.lead_key: nothing says which lead's documents to delete")
-        })
-    }
-
-    /// The `_delete_by_query` body: both envelope fields, exact (`term` on `keyword`).
-    pub fn query(&self) -> Value {
-        json!({
-            "query": {
-                "bool": {
-                    "filter": [
-                        { "term": { "envelope.workspace_id": self.workspace_id } },
-                        { "term": { "envelope.lead_key": self.lead_key } },
-                    ]
-                }
+/// The `_delete_by_query` body for `lead`: both envelope fields, exact (`term` on `keyword`).
+pub fn lead_query(lead: &Lead) -> Value {
+    json!({
+        "query": {
+            "bool": {
+                "filter": [
+                    { "term": { "envelope.workspace_id": lead.workspace_id } },
+                    { "term": { "envelope.lead_key": lead.lead_key } },
+                ]
             }
-        })
-    }
-}
-
-pub fn is_erasure(event: &Event) -> bool {
-    event.envelope.event_type == ERASURE
-}
-
-/// What is indexed for an erasure request: its envelope, without the personal data the
-/// request may carry (the person to erase).
-pub fn recorded(event: &Event) -> Event {
-    Event::new(event.envelope.clone())
+        }
+    })
 }
 
 /// The path (after the base URL) of the `_refresh` before the delete.
@@ -113,7 +75,7 @@ pub fn search_path(pattern: &str) -> String {
 
 /// The fallback's `_search` body: the lead's documents, ids only.
 pub fn search_body(lead: &Lead) -> Value {
-    let mut body = lead.query();
+    let mut body = lead_query(lead);
     body["size"] = json!(SEARCH_SIZE);
     body["_source"] = json!(false);
     body
@@ -194,7 +156,7 @@ pub fn classify_delete(body: &str) -> Result<u64, DeliveryError> {
 
 #[cfg(test)]
 mod tests {
-    use nectar_core::events::{Envelope, Person};
+    use nectar_core::events::{Envelope, Event, Person};
 
     use super::*;
 
@@ -219,9 +181,9 @@ mod tests {
 
     #[test]
     fn the_query_is_two_exact_terms_on_the_envelope() {
-        let lead = Lead::to_erase(&request(Some("k1"))).unwrap();
+        let lead = request(Some("k1")).lead_to_erase().unwrap();
         assert_eq!(
-            lead.query(),
+            lead_query(&lead),
             json!({"query": {"bool": {"filter": [
                 {"term": {"envelope.workspace_id": "acme"}},
                 {"term": {"envelope.lead_key": "k1"}}
@@ -240,7 +202,7 @@ mod tests {
     #[test]
     fn a_request_without_a_lead_key_names_no_lead() {
         for key in [None, Some(""), Some("  ")] {
-            let err = Lead::to_erase(&request(key)).unwrap_err();
+            let err = request(key).lead_to_erase().unwrap_err();
             assert!(err.contains("without envelope.lead_key"), "{err}");
         }
     }
@@ -248,8 +210,8 @@ mod tests {
     #[test]
     fn the_recorded_request_keeps_the_envelope_only() {
         let event = request(Some("k1"));
-        assert!(is_erasure(&event));
-        let recorded = recorded(&event);
+        assert!(event.is_erasure());
+        let recorded = event.erasure_record();
         assert_eq!(recorded.envelope, event.envelope);
         assert_eq!(recorded.person, None);
         let doc = crate::mapping::document(&recorded).unwrap();
@@ -263,11 +225,11 @@ mod tests {
             r#"{"error":"no handler found for uri [/x-*/_delete_by_query] and method [POST]"}"#
         ));
         assert!(!no_such_endpoint(400, r#"{"error":{"type":"parsing_exception"}}"#));
-        let lead = Lead::to_erase(&request(Some("k1"))).unwrap();
+        let lead = request(Some("k1")).lead_to_erase().unwrap();
         let body = search_body(&lead);
         assert_eq!(body["size"], 1000);
         assert_eq!(body["_source"], false);
-        assert_eq!(body["query"], lead.query()["query"]);
+        assert_eq!(body["query"], lead_query(&lead)["query"]);
         let found = hits(
             r#"{"timed_out":false,"_shards":{"total":1,"successful":1,"failed":0},
                 "hits":{"hits":[{"_index":"i-1","_id":"a"},{"_index":"i-2","_id":"b"}]}}"#,

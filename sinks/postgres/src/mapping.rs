@@ -138,9 +138,7 @@ pub struct Column {
     pub spec: ColumnSpec,
 }
 
-/// The event type of GDPR erasure requests (`nectar_route::ERASURE`): the route processor
-/// sends every one to each sink of `route.erasure_sinks`.
-pub const ERASURE: &str = "lead.erasure_requested";
+pub use nectar_core::events::ERASURE;
 
 /// The expressions an erasure matches rows by: the envelope fields of the JSONB payload,
 /// which every table has, whatever its mapped columns (and however old its rows).
@@ -349,7 +347,7 @@ impl Mapping {
         let mut erasures = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
             let stripped;
-            let event = if event.envelope.event_type == ERASURE {
+            let event = if event.is_erasure() {
                 match Erasure::of(index, event) {
                     Ok(erasure) => erasures.push(erasure),
                     Err(reason) => {
@@ -359,13 +357,13 @@ impl Mapping {
                 }
                 // The request is kept as a record that the lead was erased, without the
                 // personal data it may carry (the person to erase, a form).
-                stripped = Event::new(event.envelope.clone());
+                stripped = event.erasure_record();
                 &stripped
             } else {
                 event
             };
             let Some(t) = self.table_for(&event.envelope.event_type) else {
-                if event.envelope.event_type == ERASURE {
+                if event.is_erasure() {
                     // Erased all the same; no table records the request.
                     continue;
                 }
@@ -450,18 +448,13 @@ pub struct Erasure {
 impl Erasure {
     /// The erasure `event` (at `item`) asks for; an error when it names no lead.
     pub fn of(item: usize, event: &Event) -> Result<Self, String> {
-        let envelope = &event.envelope;
-        match envelope.lead_key.as_deref().filter(|k| !k.trim().is_empty()) {
-            Some(lead_key) => Ok(Self {
-                item,
-                event_id: envelope.event_id.clone(),
-                workspace_id: envelope.workspace_id.clone(),
-                lead_key: lead_key.to_owned(),
-            }),
-            None => Err(format!(
-                "{ERASURE} without envelope.lead_key: nothing says which lead's rows to delete"
-            )),
-        }
+        let lead = event.lead_to_erase()?;
+        Ok(Self {
+            item,
+            event_id: event.envelope.event_id.clone(),
+            workspace_id: lead.workspace_id,
+            lead_key: lead.lead_key,
+        })
     }
 }
 
