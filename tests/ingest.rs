@@ -6,116 +6,21 @@
 //! Needs `deploy/local/stack up` (`.ci/run` does it).
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::HeaderMap;
 use nectar_core::config::RawTopics;
 use nectar_core::events::{AppEvent, FormSubmitted, WebhookReceived};
-use nectar_ingest::signature::{SignatureSpec, SignedRequest};
-use nectar_tests::ingest::InProcessIngest;
+use nectar_tests::ingest::{
+    API_KEY, GENERIC_SECRET, HUBSPOT_SECRET, InProcessIngest, SHOPIFY_SECRET, SLACK_SECRET, STRIPE_SECRET,
+    extra_config, extra_config_with, now_secs, vendor_headers,
+};
 use nectar_tests::{TestIngest, count_raw, fresh_topics, ingest_config, read_topic};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-
-const API_KEY: &str = "nk_test_4f1c2a";
-const STRIPE_SECRET: &str = "whsec_test_secret";
-const SHOPIFY_SECRET: &str = "shpss_test_secret";
-const HUBSPOT_SECRET: &str = "hubspot-client-secret";
-const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
-const GENERIC_SECRET: &str = "generic-secret";
-
-fn extra_config() -> String {
-    extra_config_with("")
-}
-
-/// The test configuration, with `forms_settings` added to the `[ingest.forms]` table.
-fn extra_config_with(forms_settings: &str) -> String {
-    let key_hash = hex::encode(Sha256::digest(API_KEY.as_bytes()));
-    format!(
-        r#"
-        [ingest.forms]
-        allowed_origins = ["https://www.example.com"]
-        {forms_settings}
-        [ingest.forms.definitions.contact]
-        workspace_id = "acme"
-        form_type = "contact"
-        required_fields = ["email"]
-        [ingest.forms.definitions.newsletter]
-        form_type = "newsletter"
-
-        [[ingest.events.api_keys]]
-        name = "crm-app"
-        workspace_id = "acme"
-        sha256 = "{key_hash}"
-
-        [ingest.webhooks.sources.stripe]
-        secrets = ["whsec_old_rotated_out", "{STRIPE_SECRET}"]
-        workspace_id = "acme"
-        [ingest.webhooks.sources.shopify]
-        secrets = ["{SHOPIFY_SECRET}"]
-        [ingest.webhooks.sources.hubspot]
-        secrets = ["{HUBSPOT_SECRET}"]
-        [ingest.webhooks.sources.slack]
-        secrets = ["{SLACK_SECRET}"]
-        [ingest.webhooks.sources.billing]
-        vendor = "generic"
-        secrets = ["{GENERIC_SECRET}"]
-        "#
-    )
-}
 
 async fn start(topics: &RawTopics) -> TestIngest {
     TestIngest::start(ingest_config(topics, &extra_config()), true).await
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
-/// Headers a vendor would send for `body`, signed with `secret` at `timestamp` (the spec's unit).
-fn vendor_headers(vendor: &str, secret: &str, url: &str, body: &[u8], timestamp_secs: i64) -> HeaderMap {
-    let spec = match vendor {
-        "stripe" => SignatureSpec::stripe(),
-        "shopify" => SignatureSpec::shopify(),
-        "hubspot" => SignatureSpec::hubspot_v3(),
-        "slack" => SignatureSpec::slack_v0(),
-        _ => SignatureSpec::generic_hmac_sha256(),
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().expect("value"));
-    let ts = match vendor {
-        "hubspot" => timestamp_secs * 1000,
-        _ => timestamp_secs,
-    };
-    match vendor {
-        "hubspot" => {
-            headers.insert("x-hubspot-request-timestamp", ts.to_string().parse().expect("value"));
-        }
-        "slack" => {
-            headers.insert("x-slack-request-timestamp", ts.to_string().parse().expect("value"));
-        }
-        "stripe" | "shopify" => {}
-        _ => {
-            headers.insert("x-nectar-timestamp", ts.to_string().parse().expect("value"));
-        }
-    }
-    let empty = HeaderMap::new();
-    let request = SignedRequest {
-        method: "POST",
-        url,
-        headers: &empty,
-        body,
-    };
-    let signature = spec.sign(&request, secret.as_bytes(), spec.timestamp.as_ref().map(|_| ts));
-    headers.insert(
-        http::HeaderName::from_bytes(spec.header.to_ascii_lowercase().as_bytes()).expect("name"),
-        signature.parse().expect("value"),
-    );
-    headers
 }
 
 /// A sample delivery: source name, secret, body, extra headers, expected vendor ids.
@@ -171,6 +76,23 @@ fn sample(vendor: &str) -> Sample {
             vec!["dlv-42"],
         ),
     }
+}
+
+/// A request to `/v1/webhooks/<vendor>` with `body` signed as the vendor signs it, plus `extra` headers.
+fn signed(
+    http: &reqwest::Client,
+    ingest: &TestIngest,
+    vendor: &str,
+    secret: &str,
+    body: Vec<u8>,
+    extra: &[(&'static str, &'static str)],
+) -> reqwest::RequestBuilder {
+    let url = ingest.url(&format!("/v1/webhooks/{vendor}"));
+    let mut headers = vendor_headers(vendor, secret, &url, &body, now_secs());
+    for (name, value) in extra {
+        headers.insert(*name, value.parse().expect("value"));
+    }
+    http.post(&url).headers(headers).body(body)
 }
 
 async fn post_webhook(ingest: &TestIngest, source: &str, headers: HeaderMap, body: Vec<u8>) -> (StatusCode, Value) {
@@ -703,6 +625,86 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_reaches_kafka() {
             },
             StatusCode::BAD_REQUEST,
             "malformed_body",
+        ),
+        (
+            "unsigned webhook whose body is not JSON either: the signature is checked first",
+            http.post(&stripe_url)
+                .header("content-type", "application/json")
+                .body(stripe_body[..20].to_vec()),
+            StatusCode::UNAUTHORIZED,
+            "missing_signature",
+        ),
+        (
+            "signed stripe body that is not JSON (truncated)",
+            signed(&http, &ingest, "stripe", STRIPE_SECRET, stripe_body[..20].to_vec(), &[]),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "signed stripe body that is JSON but not an event object",
+            signed(&http, &ingest, "stripe", STRIPE_SECRET, b"[1, 2]".to_vec(), &[]),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "signed slack body that is not JSON",
+            signed(
+                &http,
+                &ingest,
+                "slack",
+                SLACK_SECRET,
+                b"{\"type\": \"event_callback\", \"event_id\"".to_vec(),
+                &[],
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "signed shopify body that is not JSON",
+            signed(
+                &http,
+                &ingest,
+                "shopify",
+                SHOPIFY_SECRET,
+                b"<order><id>1</id>".to_vec(),
+                &[
+                    ("x-shopify-topic", "orders/create"),
+                    ("x-shopify-webhook-id", "b54557e4-0000-4b37-8a5f-bf7d70bcd043"),
+                ],
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "signed hubspot array of strings instead of event objects",
+            signed(
+                &http,
+                &ingest,
+                "hubspot",
+                HUBSPOT_SECRET,
+                json!(["a", "b", "c"]).to_string().into_bytes(),
+                &[],
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "signed hubspot array over 100 events",
+            {
+                let events: Vec<Value> = (0..101)
+                    .map(|i| json!({"eventId": i, "subscriptionId": 7, "portalId": 62515, "subscriptionType": "contact.creation", "objectId": i}))
+                    .collect();
+                signed(
+                    &http,
+                    &ingest,
+                    "hubspot",
+                    HUBSPOT_SECRET,
+                    json!(events).to_string().into_bytes(),
+                    &[],
+                )
+            },
+            StatusCode::BAD_REQUEST,
+            "too_many_events",
         ),
         (
             "webhook body too large",

@@ -53,7 +53,7 @@ use nectar_tests::ingest::InProcessIngest;
 use nectar_tests::sink::{SinkTopics, hit_event_id, opensearch_url, os_hits, pg_stored_positions, sink_env};
 use nectar_tests::{
     Record, ServiceProcess, assert_exactly_once, codec, fresh_topics, ingest_config, kafka_config, processor_env,
-    read_topic_within, unique,
+    read_topic_within, service_binary, unique,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -100,23 +100,6 @@ fn since(start: Instant) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Binaries and processes.
-
-/// A service binary of another package, next to this test's executable
-/// (`target/<profile>/deps/scale-…` → `target/<profile>/<name>`).
-fn service_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable is in target/<profile>/deps");
-    let bin = profile_dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build --workspace --bins` first (with the same CARGO_TARGET_DIR and profile)",
-        bin.display()
-    );
-    bin
-}
 
 /// A TOML file passed to a service as `NECTAR_CONFIG`.
 fn config_file(dir: &Path, name: &str, toml: &str) -> PathBuf {
@@ -668,6 +651,7 @@ struct Names {
     enriched: String,
     scored: String,
     changelog: String,
+    dedup: String,
     deliver_prefix: String,
     dlqs: [String; 4],
     schema: String,
@@ -703,6 +687,7 @@ async fn two_instances_of_every_stage_lose_and_duplicate_nothing_while_each_is_r
         enriched: format!("{run}.leads.enriched"),
         scored: format!("{run}.leads.scored"),
         changelog: format!("{run}.score.changelog"),
+        dedup: format!("{run}.normalize.dedup"),
         deliver_prefix: format!("{run}.deliver."),
         dlqs: ["normalize", "enrich", "score", "route"].map(|s| format!("{run}.dlq.{s}")),
         schema: format!("scale_{}", uuid::Uuid::new_v4().simple()),
@@ -715,7 +700,10 @@ async fn two_instances_of_every_stage_lose_and_duplicate_nothing_while_each_is_r
 
     let mut changelog = TopicSpec::new(&names.changelog, PARTITIONS);
     changelog.config.push(("cleanup.policy".into(), "compact".into()));
+    let mut dedup = TopicSpec::new(&names.dedup, PARTITIONS);
+    dedup.config.push(("cleanup.policy".into(), "compact".into()));
     let mut specs = vec![
+        dedup,
         TopicSpec::new(&names.events, PARTITIONS),
         TopicSpec::new(&names.enriched, PARTITIONS),
         TopicSpec::new(&names.scored, PARTITIONS),
@@ -789,6 +777,7 @@ async fn start_stages(names: &Names, pool: &PgPool) -> Vec<Stage> {
             ("NECTAR_TOPICS__WEBHOOKS", &names.raw.webhooks),
             ("NECTAR_TOPICS__APPS", &names.raw.apps),
             ("NECTAR_OUTPUT__TOPIC", &names.events),
+            ("NECTAR_DEDUP__CHANGELOG", &names.dedup),
         ],
     );
     let enrich = processor(

@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 /// Kafka header carrying the event id, so tools can find an event without decoding it.
 pub const EVENT_ID_HEADER: &str = "nectar-event-id";
 
+/// Kafka header of a raw record saying whether its event id can recur: [`ID_DERIVED`] (from a
+/// vendor's delivery id or a producer's `Idempotency-Key`, so a retry carries the same id) or
+/// [`ID_GENERATED`] (a fresh UUIDv7, which no retry can repeat). normalize remembers only ids
+/// that can recur; a raw record without the header counts as derived.
+pub const EVENT_ID_ORIGIN_HEADER: &str = "nectar-event-id-origin";
+pub const ID_DERIVED: &str = "derived";
+pub const ID_GENERATED: &str = "generated";
+
 /// `io.nectar.Envelope`: what every event carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -236,6 +244,15 @@ pub struct LeadState {
     pub stage: String,
     pub facts: Vec<String>,
     pub events: i64,
+    /// Ids of the lead's most recent applied events, newest last (score applies an event once).
+    #[serde(default)]
+    pub recent_event_ids: Vec<String>,
+}
+
+/// `io.nectar.SeenEvent`: an event id normalize has passed on, on its de-duplication changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenEvent {
+    pub received_at: i64,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -357,7 +374,10 @@ mod tests {
             stage: "lead".into(),
             facts: vec!["business_email".into()],
             events: 3,
+            recent_event_ids: vec!["e1".into(), "e2".into()],
         };
         assert_eq!(round_trip(&schema::LEAD_STATE, &state), state);
+        let seen = SeenEvent { received_at: 7 };
+        assert_eq!(round_trip(&schema::SEEN_EVENT, &seen), seen);
     }
 }

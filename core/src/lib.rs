@@ -14,6 +14,7 @@ pub mod replay;
 pub mod schema;
 pub mod service;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod trace;
 

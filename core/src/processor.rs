@@ -785,6 +785,32 @@ pub fn codec_error(what: &str, e: crate::schema::CodecError) -> ProcessError {
     }
 }
 
+/// `nectar_processor_duplicates_total{processor, source}`: events dropped because their id was
+/// seen before (never dead-lettered: a vendor's retry is not an error).
+pub fn duplicates_counter(registry: &Registry, processor: &str) -> prometheus::Result<IntCounterVec> {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "nectar_processor_duplicates_total",
+            "Events dropped because their event id was already processed, by source",
+        )
+        .const_label("processor", processor),
+        &["source"],
+    )?;
+    registry.register(Box::new(counter.clone()))?;
+    Ok(counter)
+}
+
+/// The `source` label of [`duplicates_counter`] for an envelope's `source`: `webhook:<vendor>`
+/// as is, else its kind (`form`, `app`), so the label stays bounded however many forms and
+/// producers there are.
+pub fn duplicate_source(source: &str) -> String {
+    if source.starts_with("webhook:") {
+        source.to_owned()
+    } else {
+        source.split(':').next().unwrap_or(source).to_owned()
+    }
+}
+
 /// Headers of an output event: the input's trace context, and the event id.
 pub fn event_headers(record: &InputRecord, event_id: &str) -> Vec<(String, Vec<u8>)> {
     let mut headers: Vec<(String, Vec<u8>)> = record

@@ -66,8 +66,21 @@ pub const LEAD_STATE: EventSchema = EventSchema {
     avsc: include_str!("../../schemas/avro/lead_state.avsc"),
 };
 
+pub const SEEN_EVENT: EventSchema = EventSchema {
+    name: "io.nectar.SeenEvent",
+    file: "seen_event.avsc",
+    avsc: include_str!("../../schemas/avro/seen_event.avsc"),
+};
+
 /// Every schema, for registration and the compatibility test.
-pub const ALL: &[EventSchema] = &[FORM_SUBMITTED, WEBHOOK_RECEIVED, APP_EVENT, EVENT, LEAD_STATE];
+pub const ALL: &[EventSchema] = &[
+    FORM_SUBMITTED,
+    WEBHOOK_RECEIVED,
+    APP_EVENT,
+    EVENT,
+    LEAD_STATE,
+    SEEN_EVENT,
+];
 
 impl EventSchema {
     /// The self-contained schema JSON, envelope inlined.

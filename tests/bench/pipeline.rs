@@ -43,6 +43,7 @@ struct Topics {
     enriched: String,
     scored: String,
     changelog: String,
+    dedup: String,
     deliver_prefix: String,
     dlq: String,
 }
@@ -63,6 +64,7 @@ fn env(topics: &Topics, name: &str, run: &str) -> Vec<(String, String)> {
             ("NECTAR_TOPICS__WEBHOOKS", topics.raw.webhooks.clone()),
             ("NECTAR_TOPICS__APPS", topics.raw.apps.clone()),
             ("NECTAR_OUTPUT__TOPIC", topics.events.clone()),
+            ("NECTAR_DEDUP__CHANGELOG", topics.dedup.clone()),
         ]),
         "enrich" => env.extend([
             ("NECTAR_TOPICS__INPUT", topics.events.clone()),
@@ -232,6 +234,7 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
         enriched: format!("{run}.enriched"),
         scored: format!("{run}.scored"),
         changelog: format!("{run}.changelog"),
+        dedup: format!("{run}.dedup"),
         deliver_prefix: format!("{run}.deliver."),
         dlq: format!("{run}.dlq"),
     };
@@ -250,9 +253,13 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
     // The delivery topic measured is created here, before anything reads it (route would
     // create it only when it starts).
     specs.push(TopicSpec::new(format!("{}postgres", topics.deliver_prefix), 3));
-    let mut changelog = TopicSpec::new(&topics.changelog, 3);
-    changelog.config.push(("cleanup.policy".into(), "compact".into()));
-    specs.push(changelog);
+    for changelog in [&topics.changelog, &topics.dedup] {
+        let mut spec = TopicSpec::new(changelog, 3);
+        spec.config.push(("cleanup.policy".into(), "compact".into()));
+        specs.push(spec);
+    }
+    let without_dedup = format!("{run}.events-without-dedup");
+    specs.push(TopicSpec::new(&without_dedup, 3));
     ensure_topics(&kafka_config(), &specs).await?;
 
     let producer = NectarProducer::new(&kafka_config(), &registry_config(), topics.raw.clone(), "bench")?;
@@ -270,6 +277,29 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
         "| processor | events/s | Kafka ConsumerPerformance records/s | Kafka ProducerPerformance (transactional) records/s | ratio to the slower |"
     );
     println!("|---|---|---|---|---|");
+    // normalize with its de-duplication store off, on the same backlog: what the store costs.
+    let mut plain_env = env(&topics, "normalize", &run);
+    plain_env.retain(|(k, _)| k != "NECTAR_PROCESSOR__GROUP_ID" && k != "NECTAR_OUTPUT__TOPIC");
+    plain_env.extend([
+        (
+            "NECTAR_PROCESSOR__GROUP_ID".to_owned(),
+            format!("{run}-normalize-without-dedup"),
+        ),
+        ("NECTAR_OUTPUT__TOPIC".to_owned(), without_dedup.clone()),
+        ("NECTAR_DEDUP__ENABLED".to_owned(), "false".to_owned()),
+    ]);
+    let mut plain = ServiceProcess::start(bin_dir.join("nectar-normalize"), plain_env);
+    let out = read_topic_within(&without_dedup, args.events, Duration::from_secs(600)).await;
+    anyhow::ensure!(
+        out.len() >= args.events,
+        "nectar-normalize (dedup off) wrote {} of {} records:\n{}",
+        out.len(),
+        args.events,
+        plain.log()
+    );
+    let without_dedup_rate = rate(&out);
+    plain.terminate();
+    println!("| normalize, de-duplication off | {without_dedup_rate:.0} | | | (baseline of the row below) |");
     let stages: [(&str, String, String); 4] = [
         ("normalize", topics.raw.forms.clone(), topics.events.clone()),
         ("enrich", topics.events.clone(), topics.enriched.clone()),
@@ -306,6 +336,12 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             "| {name} ({size} B out) | {processor_rate:.0} | {consumer:.0} | {producer_rate:.0} | {:.2} |",
             processor_rate / consumer.min(producer_rate)
         );
+        if *name == "normalize" {
+            println!(
+                "| normalize with / without de-duplication | {:.2} | | | |",
+                processor_rate / without_dedup_rate
+            );
+        }
         running.push(process);
     }
 

@@ -12,7 +12,7 @@ pub mod proxy;
 pub mod sink;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nectar_core::config::{KafkaConfig, RawTopics, RegistryConfig};
@@ -65,6 +65,35 @@ pub async fn fresh_topics() -> RawTopics {
         .await
         .expect("the local stack is up (deploy/local/stack up)");
     topics
+}
+
+/// A fresh compacted topic with 3 partitions: a processor's state changelog (score's lead
+/// store, normalize's de-duplication store) for one test.
+pub async fn fresh_changelog(prefix: &str) -> String {
+    let name = unique(&format!("t.{prefix}"));
+    let mut spec = TopicSpec::new(&name, 3);
+    spec.config.push(("cleanup.policy".into(), "compact".into()));
+    ensure_topics(&kafka_config(), &[spec])
+        .await
+        .expect("the local stack is up (deploy/local/stack up)");
+    name
+}
+
+/// A service binary of another package, next to this test's executable
+/// (`target/<profile>/deps/scale-…` → `target/<profile>/<name>`).
+pub fn service_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (with the same CARGO_TARGET_DIR and profile)",
+        bin.display()
+    );
+    bin
 }
 
 /// A free loopback address (bound, then released).

@@ -15,6 +15,7 @@
 
 mod apps;
 mod config;
+pub mod dedup;
 mod forms;
 mod json;
 mod money;

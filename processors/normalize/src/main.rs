@@ -1,17 +1,26 @@
 //! `nectar-normalize`: raw forms, app events and vendor webhooks in, canonical
-//! `io.nectar.Event`s out, exactly once (see `nectar_core::processor`).
+//! `io.nectar.Event`s out, exactly once (see `nectar_core::processor`), each event id once
+//! within the de-duplication window (see `nectar_normalize::dedup`).
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RawTopics, RegistryConfig, Validate};
-use nectar_core::events::{AppEvent, Event, FormSubmitted, WebhookReceived};
+use nectar_core::events::{
+    AppEvent, EVENT_ID_ORIGIN_HEADER, Envelope, Event, FormSubmitted, ID_GENERATED, SeenEvent, WebhookReceived,
+};
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, duplicate_source,
+    duplicates_counter, event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
+use nectar_core::state::Changelog;
+use nectar_normalize::dedup::{self, Change, DedupConfig, Forgotten, PartitionStore, Seen};
 use nectar_normalize::{NormalizeConfig, Normalizer};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../default.toml");
@@ -27,6 +36,7 @@ struct Config {
     processor: ProcessorConfig,
     topics: RawTopics,
     output: OutputConfig,
+    dedup: DedupConfig,
     #[serde(default)]
     normalize: NormalizeConfig,
 }
@@ -59,18 +69,37 @@ impl Validate for Config {
         self.schema_registry.validate(errors);
         self.log.validate(errors);
         self.processor.validate(errors);
+        self.dedup.validate(errors);
         if let Err(e) = Normalizer::new(&self.normalize) {
             errors.push(format!("normalize: {e}"));
         }
     }
 }
 
-/// The processor: decode by input topic, map, encode.
+/// A raw record, decoded by its topic.
+enum Raw {
+    Form(FormSubmitted),
+    App(AppEvent),
+    Webhook(WebhookReceived),
+}
+
+impl Raw {
+    fn envelope(&self) -> &Envelope {
+        match self {
+            Self::Form(r) => &r.envelope,
+            Self::App(r) => &r.envelope,
+            Self::Webhook(r) => &r.envelope,
+        }
+    }
+}
+
+/// The processor: decode by input topic, map, drop ids passed on before, encode.
 struct Normalize {
     normalizer: Normalizer,
     codec: Arc<Codec>,
     topics: RawTopics,
     output: String,
+    dedup: Option<Dedup>,
 }
 
 impl Normalize {
@@ -85,6 +114,18 @@ impl Normalize {
             .map_err(|e| codec_error("cannot decode the raw event", e))
     }
 
+    async fn decode_raw(&self, record: &InputRecord) -> Result<Raw, ProcessError> {
+        if record.topic == self.topics.forms {
+            Ok(Raw::Form(self.decode(record).await?))
+        } else if record.topic == self.topics.apps {
+            Ok(Raw::App(self.decode(record).await?))
+        } else if record.topic == self.topics.webhooks {
+            Ok(Raw::Webhook(self.decode(record).await?))
+        } else {
+            Err(ProcessError::Reject(format!("unexpected input topic {}", record.topic)))
+        }
+    }
+
     async fn encode(&self, event: &Event, record: &InputRecord) -> Result<Output, ProcessError> {
         let key = event.envelope.lead_key.as_deref().unwrap_or(&event.envelope.event_id);
         event_output(&self.codec, &self.output, event, Some(key.as_bytes().to_vec()), record).await
@@ -93,24 +134,243 @@ impl Normalize {
 
 impl Processor for Normalize {
     async fn process(&mut self, record: &InputRecord) -> Result<Vec<Output>, ProcessError> {
-        let events = if record.topic == self.topics.forms {
-            let raw: FormSubmitted = self.decode(record).await?;
-            self.normalizer.form(&raw)
-        } else if record.topic == self.topics.apps {
-            let raw: AppEvent = self.decode(record).await?;
-            self.normalizer.app(&raw)
-        } else if record.topic == self.topics.webhooks {
-            let raw: WebhookReceived = self.decode(record).await?;
-            self.normalizer.webhook(&raw)
-        } else {
-            return Err(ProcessError::Reject(format!("unexpected input topic {}", record.topic)));
+        let raw = self.decode_raw(record).await?;
+        let events = match &raw {
+            Raw::Form(r) => self.normalizer.form(r),
+            Raw::App(r) => self.normalizer.app(r),
+            Raw::Webhook(r) => self.normalizer.webhook(r),
         }
         .map_err(|reject| ProcessError::Reject(reject.to_string()))?;
-        let mut outputs = Vec::with_capacity(events.len());
+        if events.is_empty() {
+            // Nothing to pass on, so nothing to remember.
+            return Ok(vec![]);
+        }
+        let mut outputs = Vec::with_capacity(events.len() + 1);
         for event in &events {
             outputs.push(self.encode(event, record).await?);
         }
+        // Last, once nothing can reject the record: the store changes only for records whose
+        // outputs are written.
+        if let Some(dedup) = &mut self.dedup
+            && dedup.may_recur(record)
+        {
+            let envelope = raw.envelope();
+            let (seen, changes) = dedup.observe(record.partition, envelope);
+            let mut changelog = dedup.changelog_records(&self.codec, record.partition, changes).await?;
+            if seen == Seen::Duplicate {
+                dedup
+                    .duplicates
+                    .with_label_values(&[&duplicate_source(&envelope.source)])
+                    .inc();
+                tracing::debug!(event_id = envelope.event_id, "event id passed on before; dropped");
+                return Ok(changelog);
+            }
+            changelog.append(&mut outputs);
+            return Ok(changelog);
+        }
         Ok(outputs)
+    }
+
+    fn on_assigned(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        match &mut self.dedup {
+            Some(dedup) => dedup.restore(&self.codec, partitions),
+            None => Ok(()),
+        }
+    }
+
+    fn on_revoked(&mut self, partitions: &[(String, i32)]) {
+        if let Some(dedup) = &mut self.dedup {
+            for (_, partition) in partitions {
+                if dedup.stores.remove(partition).is_some() {
+                    let _ = dedup.ids.remove_label_values(&[&partition.to_string()]);
+                }
+            }
+        }
+    }
+
+    fn on_aborted(&mut self) {
+        if let Some(dedup) = &mut self.dedup {
+            dedup.stores.values_mut().for_each(PartitionStore::abort);
+            dedup.update_gauges();
+        }
+    }
+
+    fn on_committed(&mut self) {
+        if let Some(dedup) = &mut self.dedup {
+            dedup.stores.values_mut().for_each(PartitionStore::commit);
+            dedup.update_gauges();
+        }
+    }
+}
+
+/// The de-duplication stores of the assigned partitions, their changelog and metrics.
+struct Dedup {
+    config: DedupConfig,
+    changelog: Changelog,
+    runtime: tokio::runtime::Handle,
+    /// Per raw partition number: the three raw topics are co-partitioned, so partition p of
+    /// each belongs to the same instance and shares one store (event ids never collide across
+    /// sources: they are scoped by source).
+    stores: HashMap<i32, PartitionStore>,
+    duplicates: IntCounterVec,
+    forgotten: IntCounterVec,
+    ids: IntGaugeVec,
+    last_eviction_log: Option<Instant>,
+    evicted_since_log: u64,
+}
+
+impl Dedup {
+    fn new(
+        config: DedupConfig,
+        changelog: Changelog,
+        registry: &Registry,
+        runtime: tokio::runtime::Handle,
+    ) -> prometheus::Result<Self> {
+        let forgotten = IntCounterVec::new(
+            Opts::new(
+                "nectar_normalize_dedup_forgotten_total",
+                "Event ids forgotten by the de-duplication store: expired (the window passed) or \
+                 evicted (max_ids_per_partition reached)",
+            ),
+            &["reason"],
+        )?;
+        let ids = IntGaugeVec::new(
+            Opts::new(
+                "nectar_normalize_dedup_ids",
+                "Event ids the de-duplication store holds, per raw partition",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(forgotten.clone()))?;
+        registry.register(Box::new(ids.clone()))?;
+        Ok(Self {
+            config,
+            changelog,
+            runtime,
+            stores: HashMap::new(),
+            duplicates: duplicates_counter(registry, "normalize")?,
+            forgotten,
+            ids,
+            last_eviction_log: None,
+            evicted_since_log: 0,
+        })
+    }
+
+    /// Whether the record's event id can come again: not when its producer generated it.
+    fn may_recur(&self, record: &InputRecord) -> bool {
+        record.header(EVENT_ID_ORIGIN_HEADER) != Some(ID_GENERATED.as_bytes())
+    }
+
+    fn observe(&mut self, partition: i32, envelope: &Envelope) -> (Seen, Vec<Change>) {
+        let mut changes = Vec::new();
+        let store = self
+            .stores
+            .entry(partition)
+            .or_insert_with(|| PartitionStore::new(&self.config));
+        let seen = store.observe(&envelope.event_id, envelope.received_at, &mut changes);
+        let mut evicted = 0;
+        for change in &changes {
+            if let Change::Forget { why, .. } = change {
+                let reason = match why {
+                    Forgotten::Expired => "expired",
+                    Forgotten::Evicted => {
+                        evicted += 1;
+                        "evicted"
+                    }
+                };
+                self.forgotten.with_label_values(&[reason]).inc();
+            }
+        }
+        if evicted > 0 {
+            self.evicted_since_log += evicted;
+            if self
+                .last_eviction_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                tracing::warn!(
+                    partition,
+                    evicted = self.evicted_since_log,
+                    max_ids_per_partition = self.config.max_ids_per_partition,
+                    "the de-duplication store is full: the oldest event ids were forgotten before \
+                     the window passed (raise dedup.max_ids_per_partition or shorten dedup.window_secs)"
+                );
+                self.last_eviction_log = Some(Instant::now());
+                self.evicted_since_log = 0;
+            }
+        }
+        (seen, changes)
+    }
+
+    async fn changelog_records(
+        &self,
+        codec: &Codec,
+        partition: i32,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let mut records = Vec::with_capacity(changes.len());
+        for change in changes {
+            records.push(match change {
+                Change::Remember { key, received_at } => {
+                    let value = codec
+                        .encode(self.changelog.topic(), &schema::SEEN_EVENT, &SeenEvent { received_at })
+                        .await
+                        .map_err(|e| codec_error("encoding a de-duplication entry", e))?;
+                    self.changelog.put(partition, dedup::key_bytes(key), value)
+                }
+                Change::Forget { key, .. } => self.changelog.tombstone(partition, dedup::key_bytes(key)),
+            });
+        }
+        Ok(records)
+    }
+
+    /// Rebuild the store of every newly assigned partition number from the changelog.
+    fn restore(&mut self, codec: &Codec, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        let mut numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        for partition in numbers {
+            if self.stores.contains_key(&partition) {
+                continue;
+            }
+            let started = Instant::now();
+            let mut store = PartitionStore::new(&self.config);
+            let records = self.changelog.restore(partition, |key, value| {
+                let Some(key) = dedup::parse_key(key) else {
+                    tracing::warn!(partition, "skipping a changelog record whose key is not an event id");
+                    return Ok(());
+                };
+                let received_at = match value {
+                    None => None,
+                    Some(bytes) => {
+                        let seen: SeenEvent = self
+                            .runtime
+                            .block_on(codec.decode(bytes))
+                            .map_err(|e| codec_error("decoding the de-duplication changelog", e))?;
+                        Some(seen.received_at)
+                    }
+                };
+                store.restore(key, received_at);
+                Ok(())
+            })?;
+            tracing::info!(
+                partition,
+                ids = store.len(),
+                records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rebuilt the de-duplication store from the changelog"
+            );
+            self.stores.insert(partition, store);
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        for (partition, store) in &self.stores {
+            self.ids
+                .with_label_values(&[&partition.to_string()])
+                .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -138,11 +398,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.topics.webhooks.clone(),
         config.topics.apps.clone(),
     ];
+    let registry = Registry::new();
+    let dedup = if config.dedup.enabled {
+        if config.schema_registry.auto_register {
+            codec
+                .register(&config.dedup.changelog, &schema::SEEN_EVENT)
+                .await
+                .map_err(|e| anyhow::anyhow!("registering {}: {e}", schema::SEEN_EVENT.name))?;
+        }
+        let changelog = Changelog::new(&config.kafka, &config.dedup.changelog, "normalize");
+        let (check, check_inputs) = (changelog.clone(), inputs.clone());
+        tokio::task::spawn_blocking(move || check.check_partitions(&check_inputs, Duration::from_secs(10)))
+            .await?
+            .map_err(|e| anyhow::anyhow!("dedup: {e}"))?;
+        Some(Dedup::new(
+            config.dedup,
+            changelog,
+            &registry,
+            tokio::runtime::Handle::current(),
+        )?)
+    } else {
+        None
+    };
     let processor = Normalize {
         normalizer,
         codec,
         topics: config.topics,
         output: config.output.topic,
+        dedup,
     };
     let settings = LoopSettings {
         name: "normalize".into(),
@@ -150,5 +433,5 @@ async fn run(config: Config) -> anyhow::Result<()> {
         processor: config.processor,
         inputs,
     };
-    nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
+    nectar_core::processor::run_service(settings, config.admin.listen, processor, registry).await
 }

@@ -12,8 +12,8 @@ use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::dlq_headers;
 use nectar_producer::{AppEventBuilder, NectarProducer};
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, fresh_topics, kafka_config, processor_env, read_topic, registry_config,
-    unique, wait_both_assigned, wait_caught_up,
+    ServiceProcess, assert_exactly_once, codec, fresh_changelog, fresh_topics, kafka_config, processor_env, read_topic,
+    registry_config, unique, wait_both_assigned, wait_caught_up,
 };
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,6 +25,7 @@ const POISON: usize = 25;
 struct Run {
     topics: RawTopics,
     output: String,
+    dedup: String,
     dlq: String,
     group: String,
 }
@@ -33,6 +34,7 @@ async fn setup() -> Run {
     let topics = fresh_topics().await;
     let run = Run {
         output: unique("t.events"),
+        dedup: fresh_changelog("dedup").await,
         dlq: unique("t.dlq.normalize"),
         group: unique("normalize"),
         topics,
@@ -56,6 +58,7 @@ fn env(run: &Run, instance: &str) -> Vec<(String, String)> {
             ("NECTAR_TOPICS__WEBHOOKS", &run.topics.webhooks),
             ("NECTAR_TOPICS__APPS", &run.topics.apps),
             ("NECTAR_OUTPUT__TOPIC", &run.output),
+            ("NECTAR_DEDUP__CHANGELOG", &run.dedup),
         ],
     )
 }

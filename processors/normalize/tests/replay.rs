@@ -4,7 +4,8 @@
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_tests::dead_letters::{Poison, assert_replayed_unchanged, produce_poison, replayed, run, text};
 use nectar_tests::{
-    ServiceProcess, count_records, fresh_topics, kafka_config, processor_env, read_topic, unique, wait_caught_up,
+    ServiceProcess, count_records, fresh_changelog, fresh_topics, kafka_config, processor_env, read_topic, unique,
+    wait_caught_up,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_nectar-normalize");
@@ -16,6 +17,7 @@ async fn dead_letters_go_back_to_their_own_raw_topic_and_origin_picks_one() {
     ensure_topics(&kafka_config(), &[TopicSpec::new(&output, 3), TopicSpec::new(&dlq, 1)])
         .await
         .expect("topics");
+    let dedup = fresh_changelog("dedup").await;
     let (form, webhook) = (Poison::new("form"), Poison::new("webhook"));
     produce_poison(&topics.forms, &form).await;
     produce_poison(&topics.webhooks, &webhook).await;
@@ -28,6 +30,7 @@ async fn dead_letters_go_back_to_their_own_raw_topic_and_origin_picks_one() {
             ("NECTAR_TOPICS__WEBHOOKS", &topics.webhooks),
             ("NECTAR_TOPICS__APPS", &topics.apps),
             ("NECTAR_OUTPUT__TOPIC", &output),
+            ("NECTAR_DEDUP__CHANGELOG", &dedup),
         ],
     );
     let inputs = [topics.forms.clone(), topics.webhooks.clone(), topics.apps.clone()];

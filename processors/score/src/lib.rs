@@ -36,6 +36,15 @@ pub struct ScoreRules {
     /// Stages by minimum score, e.g. `{ name = "mql", at = 50 }`.
     #[serde(default)]
     pub thresholds: Vec<Threshold>,
+    /// How many of a lead's most recent event ids its state remembers: an event whose id is
+    /// among them was applied already and is dropped. normalize drops re-delivered event ids
+    /// before score sees them; this is the second line, for events written past normalize.
+    #[serde(default = "default_recent_event_ids")]
+    pub recent_event_ids: usize,
+}
+
+fn default_recent_event_ids() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -69,6 +78,9 @@ impl ScoreRules {
             if !t.at.is_finite() {
                 errors.push(format!("score.thresholds[{i}].at: must be a number"));
             }
+        }
+        if !(1..=1000).contains(&self.recent_event_ids) {
+            errors.push("score.recent_event_ids: must be between 1 and 1000".into());
         }
     }
 }
@@ -118,6 +130,16 @@ impl ScoreModel {
         value * 0.5_f64.powf((to - from) as f64 / half_life_ms)
     }
 
+    /// Whether `event` was applied to the lead already.
+    ///
+    /// Idempotence lives in the lead's own state, not in a second store: the ids and the
+    /// score they produced are one changelog record, written in one transaction, so they can
+    /// never disagree after a crash; the memory is bounded per lead, and a duplicate reaches
+    /// score on the lead's own partition, where its state already is.
+    pub fn already_applied(previous: Option<&LeadState>, event: &Event) -> bool {
+        previous.is_some_and(|s| s.recent_event_ids.iter().any(|id| *id == event.envelope.event_id))
+    }
+
     /// Apply `event` to the lead's `previous` state.
     pub fn apply(&self, previous: Option<&LeadState>, event: &Event, lead_key: &str) -> Applied {
         let at = event.envelope.occurred_at;
@@ -129,6 +151,7 @@ impl ScoreModel {
             stage: self.rules.default_stage.clone(),
             facts: Vec::new(),
             events: 0,
+            recent_event_ids: Vec::new(),
         });
         let before = self.decay(state.value, state.as_of, at);
         let mut points = self
@@ -155,6 +178,9 @@ impl ScoreModel {
         state.as_of = state.as_of.max(at);
         state.stage = stage.clone();
         state.events += 1;
+        state.recent_event_ids.push(event.envelope.event_id.clone());
+        let excess = state.recent_event_ids.len().saturating_sub(self.rules.recent_event_ids);
+        state.recent_event_ids.drain(..excess);
         Applied {
             score: LeadScore {
                 value,
@@ -213,6 +239,7 @@ mod tests {
                     at: 50.0,
                 },
             ],
+            recent_event_ids: 3,
         }
     }
 
@@ -267,6 +294,30 @@ mod tests {
         assert!(
             (late.score.value - 15.0).abs() < 1e-9,
             "an older event does not undo decay"
+        );
+    }
+
+    #[test]
+    fn an_applied_event_id_is_recognised_while_among_the_last_n() {
+        let model = ScoreModel::new(rules());
+        let first = event("lead.captured", 1);
+        let a = model.apply(None, &first, "k");
+        assert!(ScoreModel::already_applied(Some(&a.state), &first));
+        assert!(!ScoreModel::already_applied(None, &first));
+        let mut state = a.state;
+        for at in 2..=4 {
+            let e = event("lead.captured", at);
+            assert!(!ScoreModel::already_applied(Some(&state), &e));
+            state = model.apply(Some(&state), &e, "k").state;
+        }
+        assert_eq!(
+            state.recent_event_ids,
+            ["lead.captured-2", "lead.captured-3", "lead.captured-4"],
+            "bounded to recent_event_ids, newest last"
+        );
+        assert!(
+            !ScoreModel::already_applied(Some(&state), &first),
+            "forgotten past the bound"
         );
     }
 

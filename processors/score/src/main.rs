@@ -14,17 +14,15 @@ use std::time::Duration;
 use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
 use nectar_core::events::{Event, LeadState};
 use nectar_core::ids;
-use nectar_core::kafka::ReadToEndContext;
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, duplicate_source,
+    duplicates_counter, event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
+use nectar_core::state::Changelog;
 use nectar_score::{STAGE_CHANGED, ScoreModel, ScoreRules};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../default.toml");
@@ -79,7 +77,8 @@ struct Score {
     model: ScoreModel,
     codec: Arc<Codec>,
     topics: Topics,
-    kafka: KafkaConfig,
+    changelog: Changelog,
+    duplicates: IntCounterVec,
     runtime: tokio::runtime::Handle,
     /// Lead states per input partition.
     stores: HashMap<i32, HashMap<String, LeadState>>,
@@ -99,21 +98,17 @@ impl Score {
         key: &str,
         state: Option<&LeadState>,
     ) -> Result<Output, ProcessError> {
-        let payload = match state {
-            Some(state) => Some(
-                self.codec
-                    .encode(&self.topics.changelog, &schema::LEAD_STATE, state)
+        let key = key.as_bytes().to_vec();
+        Ok(match state {
+            Some(state) => {
+                let value = self
+                    .codec
+                    .encode(self.changelog.topic(), &schema::LEAD_STATE, state)
                     .await
-                    .map_err(|e| codec_error("encoding the lead state", e))?,
-            ),
-            None => None,
-        };
-        Ok(Output {
-            topic: self.topics.changelog.clone(),
-            partition: Some(partition),
-            key: Some(key.as_bytes().to_vec()),
-            payload,
-            headers: vec![],
+                    .map_err(|e| codec_error("encoding the lead state", e))?;
+                self.changelog.put(partition, key, value)
+            }
+            None => self.changelog.tombstone(partition, key),
         })
     }
 
@@ -123,54 +118,23 @@ impl Score {
 
     /// Read changelog partition `partition` to its end into a fresh store.
     fn rebuild(&self, partition: i32) -> Result<HashMap<String, LeadState>, ProcessError> {
-        let retry = |e: rdkafka::error::KafkaError| ProcessError::Retry(format!("reading the changelog: {e}"));
-        let consumer: BaseConsumer<ReadToEndContext> =
-            nectar_core::kafka::client_config(&self.kafka, "nectar-score-restore")
-                .set("group.id", "nectar-score-restore")
-                .set("enable.auto.commit", "false")
-                .set("isolation.level", "read_committed")
-                .set("enable.partition.eof", "true")
-                .create_with_context(ReadToEndContext)
-                .map_err(retry)?;
-        let (low, high) = consumer
-            .fetch_watermarks(&self.topics.changelog, partition, Duration::from_secs(10))
-            .map_err(retry)?;
         let mut store = HashMap::new();
-        if high <= low {
-            return Ok(store);
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topics.changelog, partition, Offset::Beginning)
-            .map_err(retry)?;
-        consumer.assign(&tpl).map_err(retry)?;
-        // With read_committed, end-of-partition is reported at the last stable offset: the
-        // changelog as committed, without aborted or still-open transactions.
-        loop {
-            match consumer.poll(Duration::from_secs(10)) {
-                Some(Ok(m)) => {
-                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                    match m.payload() {
-                        None => {
-                            store.remove(&key);
-                        }
-                        Some(bytes) => {
-                            let state: LeadState = self
-                                .runtime
-                                .block_on(self.codec.decode(bytes))
-                                .map_err(|e| codec_error("decoding the changelog", e))?;
-                            store.insert(key, state);
-                        }
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(retry(e)),
+        self.changelog.restore(partition, |key, value| {
+            let key = String::from_utf8_lossy(key).into_owned();
+            match value {
                 None => {
-                    return Err(ProcessError::Retry(format!(
-                        "changelog partition {partition}: no end reached in 10 s"
-                    )));
+                    store.remove(&key);
+                }
+                Some(bytes) => {
+                    let state: LeadState = self
+                        .runtime
+                        .block_on(self.codec.decode(bytes))
+                        .map_err(|e| codec_error("decoding the changelog", e))?;
+                    store.insert(key, state);
                 }
             }
-        }
+            Ok(())
+        })?;
         tracing::info!(
             partition,
             leads = store.len(),
@@ -203,6 +167,13 @@ impl Processor for Score {
             return Ok(vec![tombstone, self.event_output(&event, record).await?]);
         }
         let previous = self.stores.get(&partition).and_then(|s| s.get(&lead_key));
+        if ScoreModel::already_applied(previous, &event) {
+            self.duplicates
+                .with_label_values(&[&duplicate_source(&event.envelope.source)])
+                .inc();
+            tracing::debug!(event_id = event.envelope.event_id, "event applied already; dropped");
+            return Ok(vec![]);
+        }
         let applied = self.model.apply(previous, &event, &lead_key);
         let changelog = self
             .changelog_output(partition, &lead_key, Some(&applied.state))
@@ -282,11 +253,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("registering the lead state schema: {e}"))?;
     }
     let inputs = vec![config.topics.input.clone()];
+    let changelog = Changelog::new(&config.kafka, &config.topics.changelog, "score");
+    let check = changelog.clone();
+    let check_inputs = inputs.clone();
+    tokio::task::spawn_blocking(move || check.check_partitions(&check_inputs, Duration::from_secs(10))).await??;
+    let registry = prometheus::Registry::new();
     let processor = Score {
         model: ScoreModel::new(config.score),
         codec,
         topics: config.topics,
-        kafka: config.kafka.clone(),
+        changelog,
+        duplicates: duplicates_counter(&registry, "score")?,
         runtime: tokio::runtime::Handle::current(),
         stores: HashMap::new(),
         undo: Vec::new(),
@@ -297,5 +274,5 @@ async fn run(config: Config) -> anyhow::Result<()> {
         processor: config.processor,
         inputs,
     };
-    nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
+    nectar_core::processor::run_service(settings, config.admin.listen, processor, registry).await
 }

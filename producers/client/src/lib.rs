@@ -33,7 +33,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 
-pub use nectar_core::events::EVENT_ID_HEADER;
+pub use nectar_core::events::{EVENT_ID_HEADER, EVENT_ID_ORIGIN_HEADER, ID_DERIVED, ID_GENERATED};
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,10 +162,20 @@ impl NectarProducer {
     ) -> Result<Delivery, ProduceError> {
         let payload = self.codec.encode(topic, schema, item).await?;
         let key = envelope.lead_key.as_deref().unwrap_or(&envelope.event_id);
-        let mut headers = OwnedHeaders::new().insert(Header {
-            key: EVENT_ID_HEADER,
-            value: Some(envelope.event_id.as_str()),
-        });
+        let origin = if ids::is_generated(&envelope.event_id) {
+            ID_GENERATED
+        } else {
+            ID_DERIVED
+        };
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: EVENT_ID_HEADER,
+                value: Some(envelope.event_id.as_str()),
+            })
+            .insert(Header {
+                key: EVENT_ID_ORIGIN_HEADER,
+                value: Some(origin),
+            });
         if let Some(tp) = &envelope.trace_parent {
             headers = headers.insert(Header {
                 key: trace::TRACEPARENT,

@@ -67,6 +67,12 @@ pub struct WebhookSource {
     pub split_array: Option<bool>,
     #[serde(default)]
     pub url_verification: Option<bool>,
+    /// The vendor sends JSON: a body that does not parse is refused (400 `malformed_body`).
+    #[serde(default)]
+    pub json_body: Option<bool>,
+    /// Most events one array delivery may hold (`split_array`); more is refused (400).
+    #[serde(default)]
+    pub max_events_per_delivery: Option<usize>,
 }
 
 /// What a vendor's deliveries look like.
@@ -80,6 +86,15 @@ pub struct WebhookProfile {
     pub split_array: bool,
     /// Answer Slack's `{"type":"url_verification","challenge":...}` handshake.
     pub url_verification: bool,
+    /// The vendor documents JSON deliveries: a body that is not a JSON object (an array of
+    /// objects with `split_array`) cannot be one of its deliveries and is refused. Profiles
+    /// that read ids or types from JSON pointers need JSON whatever this says.
+    pub json_body: bool,
+    /// Also accepts `application/x-www-form-urlencoded` bodies as they are (Slack's slash
+    /// commands and interactivity payloads are form-encoded; its Events API is JSON).
+    pub form_bodies: bool,
+    /// Most events one `split_array` delivery may hold.
+    pub max_events_per_delivery: usize,
 }
 
 fn json(pointer: &str) -> ValueSource {
@@ -98,6 +113,9 @@ pub fn preset(vendor: &str) -> Option<WebhookProfile> {
             event_type: vec![json("/type")],
             split_array: false,
             url_verification: false,
+            json_body: true,
+            form_bodies: false,
+            max_events_per_delivery: 1,
         },
         "shopify" => WebhookProfile {
             signature: SignatureSpec::shopify(),
@@ -105,6 +123,10 @@ pub fn preset(vendor: &str) -> Option<WebhookProfile> {
             event_type: vec![header("X-Shopify-Topic")],
             split_array: false,
             url_verification: false,
+            // Webhook subscriptions can be XML, but every topic Nectar maps is set up as JSON.
+            json_body: true,
+            form_bodies: false,
+            max_events_per_delivery: 1,
         },
         "hubspot" => WebhookProfile {
             signature: SignatureSpec::hubspot_v3(),
@@ -117,6 +139,10 @@ pub fn preset(vendor: &str) -> Option<WebhookProfile> {
             event_type: vec![json("/subscriptionType")],
             split_array: true,
             url_verification: false,
+            json_body: true,
+            form_bodies: false,
+            // HubSpot sends up to 100 events in one request.
+            max_events_per_delivery: 100,
         },
         "slack" => WebhookProfile {
             signature: SignatureSpec::slack_v0(),
@@ -124,6 +150,9 @@ pub fn preset(vendor: &str) -> Option<WebhookProfile> {
             event_type: vec![json("/event/type"), json("/type")],
             split_array: false,
             url_verification: true,
+            json_body: true,
+            form_bodies: true,
+            max_events_per_delivery: 1,
         },
         "generic" => WebhookProfile {
             signature: SignatureSpec::generic_hmac_sha256(),
@@ -131,6 +160,9 @@ pub fn preset(vendor: &str) -> Option<WebhookProfile> {
             event_type: vec![header("X-Nectar-Event"), json("/type")],
             split_array: false,
             url_verification: false,
+            json_body: false,
+            form_bodies: false,
+            max_events_per_delivery: 100,
         },
         _ => return None,
     };
@@ -158,6 +190,9 @@ impl WebhookSource {
                 event_type: Vec::new(),
                 split_array: false,
                 url_verification: false,
+                json_body: false,
+                form_bodies: false,
+                max_events_per_delivery: 100,
             },
         };
         if let Some(sig) = &self.signature {
@@ -174,6 +209,12 @@ impl WebhookSource {
         }
         if let Some(v) = self.url_verification {
             profile.url_verification = v;
+        }
+        if let Some(v) = self.json_body {
+            profile.json_body = v;
+        }
+        if let Some(v) = self.max_events_per_delivery {
+            profile.max_events_per_delivery = v;
         }
         Some(profile)
     }
@@ -195,6 +236,9 @@ impl WebhookSource {
                     errors.push(format!("{key}.signature: {e}"));
                 }
             }
+        }
+        if self.max_events_per_delivery == Some(0) {
+            errors.push(format!("{key}.max_events_per_delivery: must be at least 1"));
         }
         if self.secrets.is_empty() && !self.allow_unsigned {
             errors.push(format!(
@@ -248,29 +292,7 @@ pub fn process(config: &WebhookSource, profile: &WebhookProfile, d: &Delivery<'_
         true
     };
 
-    let needs_json = profile.split_array
-        || profile.url_verification
-        || profile
-            .event_id
-            .iter()
-            .chain(&profile.event_type)
-            .any(|s| matches!(s, ValueSource::Json(_)));
-    let parsed: Option<Json> = if needs_json {
-        match serde_json::from_slice(d.body) {
-            Ok(v) => Some(v),
-            // A form-encoded Slack interaction or a vendor that sends non-JSON bodies: ids then
-            // come from headers or the Idempotency-Key.
-            Err(_) if !profile.split_array => None,
-            Err(e) => {
-                return Err(AppError::bad_request(
-                    "malformed_body",
-                    format!("body is not valid JSON: {e}"),
-                ));
-            }
-        }
-    } else {
-        None
-    };
+    let parsed = parse_body(profile, d)?;
 
     if profile.url_verification
         && let Some(body) = &parsed
@@ -289,6 +311,22 @@ pub fn process(config: &WebhookSource, profile: &WebhookProfile, d: &Delivery<'_
                 return Err(AppError::bad_request(
                     "malformed_body",
                     "the delivery holds no events (empty array)",
+                ));
+            }
+            if items.len() > profile.max_events_per_delivery {
+                return Err(AppError::bad_request(
+                    "too_many_events",
+                    format!(
+                        "the delivery holds {} events; this source sends at most {} (max_events_per_delivery)",
+                        items.len(),
+                        profile.max_events_per_delivery
+                    ),
+                ));
+            }
+            if let Some(index) = items.iter().position(|item| !item.is_object()) {
+                return Err(AppError::bad_request(
+                    "malformed_body",
+                    format!("event [{index}] of the delivery is not a JSON object"),
                 ));
             }
             items
@@ -360,6 +398,40 @@ pub fn process(config: &WebhookSource, profile: &WebhookProfile, d: &Delivery<'_
     Ok(Outcome::Events(records))
 }
 
+/// The body as JSON, where the profile needs it: after the signature check, so an unsigned
+/// request is told 401 whatever its body, and a signed one that no vendor could have sent
+/// (truncated, not JSON, not an object) is told 400 `malformed_body` and produces nothing.
+fn parse_body(profile: &WebhookProfile, d: &Delivery<'_>) -> Result<Option<Json>, AppError> {
+    let reads_json = profile
+        .event_id
+        .iter()
+        .chain(&profile.event_type)
+        .any(ValueSource::reads_json);
+    let needs_json = profile.json_body || profile.split_array || profile.url_verification || reads_json;
+    if !needs_json {
+        return Ok(None);
+    }
+    let form_encoded = d
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/x-www-form-urlencoded"));
+    if profile.form_bodies && form_encoded {
+        // A Slack slash command or interaction: its ids come from headers or the
+        // Idempotency-Key.
+        return Ok(None);
+    }
+    let parsed: Json = serde_json::from_slice(d.body)
+        .map_err(|e| AppError::bad_request("malformed_body", format!("body is not valid JSON: {e}")))?;
+    if profile.json_body && !profile.split_array && !parsed.is_object() {
+        return Err(AppError::bad_request(
+            "malformed_body",
+            "expected a JSON object (one event)",
+        ));
+    }
+    Ok(Some(parsed))
+}
+
 fn signature_error(e: SignatureError) -> AppError {
     let code = match &e {
         SignatureError::MissingHeader(_) => "missing_signature",
@@ -368,6 +440,16 @@ fn signature_error(e: SignatureError) -> AppError {
         SignatureError::Mismatch => "invalid_signature",
     };
     AppError::unauthorized(code, e.to_string())
+}
+
+impl ValueSource {
+    fn reads_json(&self) -> bool {
+        match self {
+            Self::Header(_) => false,
+            Self::Json(_) => true,
+            Self::All(parts) => parts.iter().any(Self::reads_json),
+        }
+    }
 }
 
 /// The first source that yields a non-empty value. Numbers (HubSpot's `eventId`) become text.
