@@ -565,7 +565,10 @@ pub fn processor_env(group: &str, instance: &str, dlq: &str, extra: &[(&str, &st
         ),
         ("NECTAR_SCHEMA_REGISTRY__URL", registry_config().url.as_str()),
         ("NECTAR_ADMIN__LISTEN", "127.0.0.1:0"),
-        ("NECTAR_LOG__FILTER", "warn,nectar_core=info,nectar_score=info"),
+        (
+            "NECTAR_LOG__FILTER",
+            "warn,nectar_core=info,nectar_score=info,nectar_normalize=info",
+        ),
         ("NECTAR_PROCESSOR__GROUP_ID", group),
         ("NECTAR_PROCESSOR__INSTANCE_ID", instance),
         ("NECTAR_PROCESSOR__DLQ_TOPIC", dlq),

@@ -263,15 +263,83 @@ async fn the_state_follows_partitions_when_an_instance_dies() {
     check(&run).await;
 }
 
+/// Events of one lead, in order, with the given ids and types (an hour apart).
+async fn produce_for_lead(run: &Run, lead: &str, events: &[(String, &str)]) {
+    let codec = codec();
+    codec.register(&run.input, &schema::EVENT).await.expect("schema");
+    let producer: FutureProducer =
+        nectar_core::kafka::idempotent_producer(&kafka_config(), "score-lead").expect("producer");
+    for (i, (id, event_type)) in events.iter().enumerate() {
+        let event = Event::new(Envelope {
+            event_id: id.clone(),
+            event_type: (*event_type).to_owned(),
+            occurred_at: 1_790_000_000_000 + i as i64,
+            received_at: 0,
+            source: "test".into(),
+            workspace_id: "acme".into(),
+            lead_key: Some(lead.to_owned()),
+            trace_parent: None,
+            consent: None,
+        });
+        let payload = codec.encode(&run.input, &schema::EVENT, &event).await.expect("encode");
+        producer
+            .send(
+                FutureRecord::to(&run.input).key(lead).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("sent");
+    }
+}
+
+/// An event id that reaches score twice (written past normalize's de-duplication, e.g. by a
+/// producer of its own) is applied once, also after score restarted and rebuilt its state.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_id_that_reaches_score_twice_is_applied_once() {
+    let run = setup().await;
+    let codec = codec();
+    let lead = nectar_core::ids::lead_key("acme", Some("twice@example.com"), None).expect("key");
+    let first = [
+        ("twice-0".to_owned(), "lead.captured"),
+        ("twice-1".to_owned(), "demo.requested"),
+        ("twice-0".to_owned(), "lead.captured"),
+    ];
+    produce_for_lead(&run, &lead, &first).await;
+    let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
+    wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut process]).await;
+    // Restarted: the state comes back from the changelog, and with it the applied ids.
+    process.kill9();
+    produce_for_lead(&run, &lead, &[("twice-1".to_owned(), "demo.requested")]).await;
+    let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
+    wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut process]).await;
+    assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
+
+    let mut ids = Vec::new();
+    for r in read_topic(&run.output, 2).await {
+        let event: Event = codec.decode(&r.payload).await.expect("decodes");
+        if event.envelope.event_type != STAGE_CHANGED {
+            ids.push(event.envelope.event_id);
+        }
+    }
+    assert_eq!(ids, ["twice-0", "twice-1"], "each event id scored once");
+    let changelog = read_topic(&run.changelog, 2).await;
+    let last = changelog.last().expect("a state");
+    let state: LeadState = codec.decode(&last.payload).await.expect("state");
+    assert_eq!(state.events, 2, "two events applied: {state:?}");
+    assert!(
+        (state.value - 40.0).abs() < 1e-3,
+        "lead.captured 10 + demo.requested 30, once each (a millisecond of decay): {}",
+        state.value
+    );
+}
+
 /// An erasure request removes the lead's state (a tombstone on the changelog) and passes on
 /// for the sinks; a later event starts the lead from nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn erasure_tombstones_the_lead_and_later_events_start_over() {
     let run = setup().await;
     let codec = codec();
-    codec.register(&run.input, &schema::EVENT).await.expect("schema");
-    let producer: FutureProducer =
-        nectar_core::kafka::idempotent_producer(&kafka_config(), "score-erasure").expect("producer");
     let lead = nectar_core::ids::lead_key("acme", Some("gone@example.com"), None).expect("key");
     let types = [
         "lead.captured",
@@ -279,28 +347,12 @@ async fn erasure_tombstones_the_lead_and_later_events_start_over() {
         nectar_score::ERASURE,
         "lead.captured",
     ];
-    for (i, event_type) in types.iter().enumerate() {
-        let event = Event::new(Envelope {
-            event_id: format!("erase-{i}"),
-            event_type: (*event_type).to_owned(),
-            occurred_at: 1_790_000_000_000 + i as i64,
-            received_at: 0,
-            source: "test".into(),
-            workspace_id: "acme".into(),
-            lead_key: Some(lead.clone()),
-            trace_parent: None,
-            consent: None,
-        });
-        let payload = codec.encode(&run.input, &schema::EVENT, &event).await.expect("encode");
-        producer
-            .send(
-                FutureRecord::to(&run.input).key(&lead).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("sent");
-    }
+    let events: Vec<(String, &str)> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("erase-{i}"), *t))
+        .collect();
+    produce_for_lead(&run, &lead, &events).await;
     let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-score"), env(&run, "a"));
     wait_caught_up(&run.group, std::slice::from_ref(&run.input), &mut [&mut process]).await;
     assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
