@@ -37,8 +37,12 @@ enum Bench {
     Pipeline(pipeline::PipelineArgs),
     /// The PostgreSQL and OpenSearch sinks vs. bulk writes straight to the target.
     Sinks(sinks::SinksArgs),
+    /// normalize's de-duplication store: rebuild time of a partition vs. Kafka's
+    /// ConsumerPerformance on the same records, and memory per id.
+    Dedup(dedup::DedupArgs),
 }
 
+mod dedup;
 mod pipeline;
 mod sinks;
 
@@ -293,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Ingest(args) => args,
         Bench::Pipeline(args) => return pipeline::run(args).await,
         Bench::Sinks(args) => return sinks::run(args).await,
+        Bench::Dedup(args) => return dedup::run(args).await,
     };
     let bin = args
         .ingest_bin

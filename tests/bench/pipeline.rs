@@ -147,7 +147,7 @@ fn kafka_tool(stack: &Path, class: &str, args: &[String]) -> String {
 }
 
 /// Kafka's ConsumerPerformance reading `messages` from `topic`: records/s.
-fn consumer_perf(stack: &Path, topic: &str, messages: usize) -> f64 {
+pub fn consumer_perf(stack: &Path, topic: &str, messages: usize) -> f64 {
     let out = kafka_tool(
         stack,
         "org.apache.kafka.tools.ConsumerPerformance",
