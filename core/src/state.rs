@@ -83,9 +83,11 @@ impl Changelog {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            // Large fetches: a restore is a bulk read of small records.
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
+            // A restore is a bulk read of small records: large fetches, but a bounded prefetch
+            // queue, whose memory the process keeps after the restore.
+            .set("fetch.max.bytes", "8388608")
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("queued.max.messages.kbytes", "16384")
             .create_with_context(ReadToEndContext)
             .map_err(retry)?;
         let (low, high) = consumer

@@ -56,7 +56,13 @@ async fn fill(changelog: &str, ids: usize) -> anyhow::Result<()> {
         for i in chunk {
             let id = nectar_core::ids::derived_event_id("bench", "dedup", &i.to_string());
             let value = codec
-                .encode(changelog, &schema::SEEN_EVENT, &SeenEvent { received_at: start + *i as i64 })
+                .encode(
+                    changelog,
+                    &schema::SEEN_EVENT,
+                    &SeenEvent {
+                        received_at: start + *i as i64,
+                    },
+                )
                 .await?;
             records.push((id, value));
         }
@@ -103,7 +109,11 @@ async fn rebuild(bin: &PathBuf, raw: &RawTopics, changelog: &str, output: &str) 
         if let Some(status) = process.exited() {
             anyhow::bail!("nectar-normalize exited with {status}:\n{}", process.log());
         }
-        anyhow::ensure!(Instant::now() < deadline, "no rebuild in 10 minutes:\n{}", process.log());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no rebuild in 10 minutes:\n{}",
+            process.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // Settle, then the resident set with the store in it.
@@ -144,7 +154,11 @@ pub async fn run(args: DedupArgs) -> anyhow::Result<()> {
 
     let (_, _, empty_rss) = rebuild(&bin, &raw, &empty_changelog, &empty_output).await?;
     let (ids, elapsed_ms, rss) = rebuild(&bin, &raw, &changelog, &output).await?;
-    anyhow::ensure!(ids as usize == args.ids, "the rebuilt store holds {ids} ids, not {}", args.ids);
+    anyhow::ensure!(
+        ids as usize == args.ids,
+        "the rebuilt store holds {ids} ids, not {}",
+        args.ids
+    );
     let restore_rate = ids as f64 / (elapsed_ms.max(1) as f64 / 1000.0);
     let consumer = super::pipeline::consumer_perf(&stack, &changelog, args.ids);
     let per_id = (rss.saturating_sub(empty_rss) * 1024) as f64 / ids as f64;

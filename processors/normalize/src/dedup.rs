@@ -19,10 +19,10 @@
 //!   the batch's transaction and rebuilds it from there on assignment (`nectar_core::state`).
 //!   Changes of an aborted transaction are undone from an undo log.
 //!
-//! Memory: an id is a `u128` (a UUID's own bits; another string is mapped into UUID space by
-//! a UUIDv5 of it) with its `received_at`, in a hash map and an arrival-order queue.
+//! Memory: an id is its UUID's 128 bits (another string is mapped into UUID space by a UUIDv5
+//! of it) with its `received_at` in seconds, one hash map entry of 24 bytes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use uuid::Uuid;
@@ -62,24 +62,56 @@ impl DedupConfig {
 /// Namespace that maps an event id that is not a UUID into UUID space. Never change it.
 const FOREIGN_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6e65_6374_6172_4e45_8000_0000_0000_0002);
 
-/// An event id as the store holds it: the UUID's bits.
-pub type IdKey = u128;
+/// An event id as the store holds it: the UUID's 128 bits, as two words (8-byte aligned, so a
+/// map entry with its time takes 24 bytes, not the 32 a `u128` key would).
+pub type IdKey = [u64; 2];
+
+fn to_key(uuid: Uuid) -> IdKey {
+    let bits = uuid.as_u128();
+    [(bits >> 64) as u64, bits as u64]
+}
 
 /// The store key of `event_id`.
 pub fn id_key(event_id: &str) -> IdKey {
-    Uuid::parse_str(event_id)
-        .unwrap_or_else(|_| Uuid::new_v5(&FOREIGN_ID_NAMESPACE, event_id.as_bytes()))
-        .as_u128()
+    to_key(Uuid::parse_str(event_id).unwrap_or_else(|_| Uuid::new_v5(&FOREIGN_ID_NAMESPACE, event_id.as_bytes())))
 }
 
 /// The changelog record key of `key`: the event id itself for UUID ids.
 pub fn key_bytes(key: IdKey) -> Vec<u8> {
-    Uuid::from_u128(key).hyphenated().to_string().into_bytes()
+    let bits = (u128::from(key[0]) << 64) | u128::from(key[1]);
+    Uuid::from_u128(bits).hyphenated().to_string().into_bytes()
 }
 
 /// A changelog record key back to the store key.
 pub fn parse_key(bytes: &[u8]) -> Option<IdKey> {
-    Uuid::try_parse_ascii(bytes).ok().map(|u| u.as_u128())
+    Uuid::try_parse_ascii(bytes).ok().map(to_key)
+}
+
+/// The `received_at` of a changelog value written with the `io.nectar.SeenEvent` schema whose
+/// registry id is `schema_id`, read straight from the Confluent wire format (magic byte, id,
+/// then the record's one field, an Avro `long`: a zig-zag varint). `None` for any other value
+/// (another schema id, a later version of the record), which the caller decodes through the
+/// registry. A rebuild reads millions of these; this is what keeps it near Kafka's own speed.
+pub fn decode_seen(bytes: &[u8], schema_id: u32) -> Option<i64> {
+    let (header, body) = bytes.split_at_checked(5)?;
+    if header[0] != 0 || header[1..] != schema_id.to_be_bytes() {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for (i, byte) in body.iter().enumerate() {
+        if i >= 10 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            // The whole value is the one field: anything after it is another layout.
+            if i + 1 != body.len() {
+                return None;
+            }
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
 }
 
 /// What the store says of an event.
@@ -110,35 +142,36 @@ pub enum Change {
 #[derive(Debug)]
 enum Undo {
     StreamTime(i64),
-    /// Popped from the front of the queue; `removed`: the id was removed from the map too.
-    Popped {
-        at: i64,
+    LastSweep(i64),
+    /// The map's previous value of `key` (`None`: it was absent).
+    Set {
         key: IdKey,
-        removed: bool,
-    },
-    /// Pushed to the back of the queue; the map's previous value.
-    Pushed {
-        key: IdKey,
-        previous: Option<i64>,
+        previous: Option<u32>,
     },
 }
 
-/// Most ids forgotten by one observation, so a jump in stream time spreads its tombstones
-/// over the next records instead of one huge transaction.
-const MAX_FORGOTTEN_PER_OBSERVATION: usize = 1000;
+/// Seconds since the epoch, as the store keeps times (a second is fine for a window of
+/// hours, and 4 bytes instead of 8 per id).
+fn secs(millis: i64) -> u32 {
+    u32::try_from(millis.div_euclid(1000)).unwrap_or(if millis < 0 { 0 } else { u32::MAX })
+}
 
 /// The ids of one input partition.
+///
+/// One hash map from id to the `received_at` (seconds) of its first delivery. Expired ids are
+/// swept out whenever stream time has moved on by a sixty-fourth of the window (an id past
+/// its window but not yet swept already counts as new); a full store first sweeps, then
+/// forgets the oldest hundredth of its ids at once (found in one linear pass), so each
+/// insertion costs O(1) amortised.
 #[derive(Debug)]
 pub struct PartitionStore {
     window_ms: i64,
     max_ids: usize,
-    /// Remembered ids -> `received_at` of their first delivery.
-    ids: HashMap<IdKey, i64>,
-    /// (`received_at`, id) in arrival order. An entry whose time differs from the map's (or
-    /// whose id the map lacks) is stale and skipped when popped.
-    queue: VecDeque<(i64, IdKey)>,
-    /// The largest `received_at` observed.
+    ids: HashMap<IdKey, u32>,
+    /// The largest `received_at` observed (ms).
     stream_time: i64,
+    /// Stream time of the last sweep.
+    last_sweep: i64,
     undo: Vec<Undo>,
 }
 
@@ -148,8 +181,8 @@ impl PartitionStore {
             window_ms: i64::try_from(config.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             max_ids: config.max_ids_per_partition,
             ids: HashMap::new(),
-            queue: VecDeque::new(),
             stream_time: i64::MIN,
+            last_sweep: i64::MIN,
             undo: Vec::new(),
         }
     }
@@ -176,8 +209,7 @@ impl PartitionStore {
     pub fn restore(&mut self, key: IdKey, received_at: Option<i64>) {
         match received_at {
             Some(at) => {
-                self.ids.insert(key, at);
-                self.queue.push_back((at, key));
+                self.ids.insert(key, secs(at));
                 self.stream_time = self.stream_time.max(at);
             }
             None => {
@@ -194,54 +226,62 @@ impl PartitionStore {
             self.undo.push(Undo::StreamTime(self.stream_time));
             self.stream_time = received_at;
         }
-        self.expire(changes);
+        if self.stream_time.saturating_sub(self.last_sweep) >= (self.window_ms / 64).max(1000) {
+            self.sweep(changes);
+        }
         let key = id_key(event_id);
         let previous = self.ids.get(&key).copied();
         if previous.is_some_and(|at| !self.expired(at)) {
             return Seen::Duplicate;
         }
-        if previous.is_none() {
-            while self.ids.len() >= self.max_ids && self.pop_front(Forgotten::Evicted, changes) {}
+        if previous.is_none() && self.ids.len() >= self.max_ids {
+            self.sweep(changes);
+            if self.ids.len() >= self.max_ids {
+                self.evict_oldest(changes);
+            }
         }
-        self.ids.insert(key, received_at);
-        self.queue.push_back((received_at, key));
-        self.undo.push(Undo::Pushed { key, previous });
+        self.ids.insert(key, secs(received_at));
+        self.undo.push(Undo::Set { key, previous });
         changes.push(Change::Remember { key, received_at });
         Seen::New
     }
 
-    fn expired(&self, at: i64) -> bool {
-        at <= self.stream_time.saturating_sub(self.window_ms)
+    fn expired(&self, at: u32) -> bool {
+        i64::from(at) * 1000 <= self.stream_time.saturating_sub(self.window_ms)
     }
 
-    fn expire(&mut self, changes: &mut Vec<Change>) {
-        for _ in 0..MAX_FORGOTTEN_PER_OBSERVATION {
-            match self.queue.front() {
-                Some((at, _)) if self.expired(*at) => {
-                    self.pop_front(Forgotten::Expired, changes);
-                }
-                _ => break,
+    /// Forget every id whose window has passed.
+    fn sweep(&mut self, changes: &mut Vec<Change>) {
+        self.undo.push(Undo::LastSweep(self.last_sweep));
+        self.last_sweep = self.stream_time;
+        let cutoff = self.stream_time.saturating_sub(self.window_ms);
+        self.forget_where(|at| i64::from(at) * 1000 <= cutoff, Forgotten::Expired, changes);
+    }
+
+    /// Forget the oldest hundredth of the ids (at least one).
+    fn evict_oldest(&mut self, changes: &mut Vec<Change>) {
+        let mut times: Vec<u32> = self.ids.values().copied().collect();
+        let n = (times.len() / 100).max(1) - 1;
+        let (_, threshold, _) = times.select_nth_unstable(n);
+        let threshold = *threshold;
+        drop(times);
+        self.forget_where(|at| at <= threshold, Forgotten::Evicted, changes);
+    }
+
+    fn forget_where(&mut self, old: impl Fn(u32) -> bool, why: Forgotten, changes: &mut Vec<Change>) {
+        let undo = &mut self.undo;
+        self.ids.retain(|key, at| {
+            if old(*at) {
+                undo.push(Undo::Set {
+                    key: *key,
+                    previous: Some(*at),
+                });
+                changes.push(Change::Forget { key: *key, why });
+                false
+            } else {
+                true
             }
-        }
-    }
-
-    /// Pop the queue's front; forget its id unless the entry is stale. Returns false when the
-    /// queue is empty.
-    fn pop_front(&mut self, why: Forgotten, changes: &mut Vec<Change>) -> bool {
-        let Some((at, key)) = self.queue.pop_front() else {
-            return false;
-        };
-        let current = self.ids.get(&key) == Some(&at);
-        if current {
-            self.ids.remove(&key);
-            changes.push(Change::Forget { key, why });
-        }
-        self.undo.push(Undo::Popped {
-            at,
-            key,
-            removed: current,
         });
-        true
     }
 
     /// The open transaction committed: its changes are durable.
@@ -254,14 +294,8 @@ impl PartitionStore {
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::StreamTime(t) => self.stream_time = t,
-                Undo::Popped { at, key, removed } => {
-                    self.queue.push_front((at, key));
-                    if removed {
-                        self.ids.insert(key, at);
-                    }
-                }
-                Undo::Pushed { key, previous } => {
-                    self.queue.pop_back();
+                Undo::LastSweep(t) => self.last_sweep = t,
+                Undo::Set { key, previous } => {
                     match previous {
                         Some(at) => self.ids.insert(key, at),
                         None => self.ids.remove(&key),
@@ -331,33 +365,24 @@ mod tests {
     }
 
     #[test]
-    fn a_late_copy_after_the_window_is_new_even_before_the_sweep_reaches_it() {
+    fn a_copy_past_the_window_is_new_even_before_the_sweep_removes_the_first() {
         let mut s = store(3600, 100);
         let mut changes = Vec::new();
-        let min = HOUR / 60;
-        // Out of order: id 2 arrives with an earlier received_at than id 1.
-        s.observe(&id(1), 600 * min, &mut changes);
-        s.observe(&id(2), 570 * min, &mut changes);
+        let sec = 1000;
+        s.observe(&id(1), 0, &mut changes);
+        s.observe(&id(2), HOUR - 30 * sec, &mut changes);
         changes.clear();
-        // At 10h45 id 2 (9h30) is past the window but queued behind id 1 (10h, not past it).
-        assert_eq!(s.observe(&id(2), 645 * min, &mut changes), Seen::New);
-        assert!(
-            matches!(changes[..], [Change::Remember { received_at, .. }] if received_at == 645 * min),
-            "{changes:?}"
+        // 31 s after the last sweep (sweeps come every 56 s of a 1 h window): id 1 is past
+        // its window but still held, and counts as new.
+        assert_eq!(s.observe(&id(1), HOUR + sec, &mut changes), Seen::New);
+        assert_eq!(
+            changes,
+            [Change::Remember {
+                key: id_key(&id(1)),
+                received_at: HOUR + sec
+            }]
         );
-        changes.clear();
-        // At 12h: id 1 and id 2's second delivery are forgotten; the stale entry of id 2's
-        // first delivery is skipped, not forgotten twice.
-        s.observe(&id(3), 720 * min, &mut changes);
-        let forgotten: Vec<_> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Forget { key, .. } => Some(*key),
-                Change::Remember { .. } => None,
-            })
-            .collect();
-        assert_eq!(forgotten, [id_key(&id(1)), id_key(&id(2))]);
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.observe(&id(1), HOUR + 2 * sec, &mut Vec::new()), Seen::Duplicate);
     }
 
     #[test]
@@ -365,9 +390,9 @@ mod tests {
         let mut s = store(3600, 2);
         let mut changes = Vec::new();
         s.observe(&id(1), 0, &mut changes);
-        s.observe(&id(2), 1, &mut changes);
+        s.observe(&id(2), 1000, &mut changes);
         changes.clear();
-        s.observe(&id(3), 2, &mut changes);
+        s.observe(&id(3), 2000, &mut changes);
         assert_eq!(
             changes,
             [
@@ -377,7 +402,7 @@ mod tests {
                 },
                 Change::Remember {
                     key: id_key(&id(3)),
-                    received_at: 2
+                    received_at: 2000
                 }
             ]
         );
@@ -390,20 +415,19 @@ mod tests {
         let mut s = store(3600, 3);
         let mut changes = Vec::new();
         for n in 1..=3 {
-            s.observe(&id(n), i64::from(n), &mut changes);
+            s.observe(&id(n), i64::from(n) * 1000, &mut changes);
         }
         s.commit();
-        let before: Vec<_> = s.queue.iter().copied().collect();
         let ids_before = s.ids.clone();
-        // Evicts 1, expires everything up to stream time - window, remembers 4 and 5.
-        s.observe(&id(4), 4, &mut changes);
-        s.observe(&id(5), HOUR + 3, &mut changes);
-        assert!(!s.contains(&id(1)));
+        let (stream_before, sweep_before) = (s.stream_time, s.last_sweep);
+        // Evicts 1, then sweeps 2 and 3 out when stream time passes their window.
+        s.observe(&id(4), 4000, &mut changes);
+        s.observe(&id(5), HOUR + 3500, &mut changes);
+        assert!(!s.contains(&id(1)) && !s.contains(&id(2)) && s.contains(&id(5)));
         s.abort();
-        assert_eq!(s.queue.iter().copied().collect::<Vec<_>>(), before);
         assert_eq!(s.ids, ids_before);
-        assert_eq!(s.stream_time, 3);
-        assert_eq!(s.observe(&id(2), 5, &mut Vec::new()), Seen::Duplicate);
+        assert_eq!((s.stream_time, s.last_sweep), (stream_before, sweep_before));
+        assert_eq!(s.observe(&id(2), 5000, &mut Vec::new()), Seen::Duplicate);
     }
 
     #[test]
@@ -426,6 +450,27 @@ mod tests {
         assert_eq!(id_key("evt_1"), id_key("evt_1"));
         assert_ne!(id_key("evt_1"), id_key("evt_2"));
         assert_eq!(parse_key(&key_bytes(id_key("evt_1"))), Some(id_key("evt_1")));
+    }
+
+    // The datum helper is deprecated for a builder API; it is the plainest way to encode a
+    // value with a schema in a test.
+    #[test]
+    #[allow(deprecated)]
+    fn seen_values_decode_like_the_avro_library_encodes_them() {
+        use nectar_core::events::SeenEvent;
+        let schema = nectar_core::schema::SEEN_EVENT.schema();
+        for received_at in [0, 1, -1, 63, 64, -65, 1_795_000_000_123, i64::MAX, i64::MIN] {
+            let value = apache_avro::to_value(SeenEvent { received_at }).expect("value");
+            let body = apache_avro::to_avro_datum(&schema, value).expect("datum");
+            let mut bytes = vec![0, 0, 0, 0, 42];
+            bytes.extend(&body);
+            assert_eq!(decode_seen(&bytes, 42), Some(received_at), "{received_at}");
+            assert_eq!(decode_seen(&bytes, 43), None, "another schema id");
+            bytes.push(0);
+            assert_eq!(decode_seen(&bytes, 42), None, "another layout");
+        }
+        assert_eq!(decode_seen(&[0, 0, 0, 0, 42, 0x80], 42), None, "truncated");
+        assert_eq!(decode_seen(&[1, 0, 0, 0, 42, 2], 42), None, "no magic byte");
     }
 
     #[test]

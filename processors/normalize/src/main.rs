@@ -207,6 +207,9 @@ impl Processor for Normalize {
 struct Dedup {
     config: DedupConfig,
     changelog: Changelog,
+    /// Registry id of the `io.nectar.SeenEvent` schema this version writes: values with it
+    /// are read without the registry on a rebuild (`dedup::decode_seen`).
+    seen_schema_id: u32,
     runtime: tokio::runtime::Handle,
     /// Per raw partition number: the three raw topics are co-partitioned, so partition p of
     /// each belongs to the same instance and shares one store (event ids never collide across
@@ -223,6 +226,7 @@ impl Dedup {
     fn new(
         config: DedupConfig,
         changelog: Changelog,
+        seen_schema_id: u32,
         registry: &Registry,
         runtime: tokio::runtime::Handle,
     ) -> prometheus::Result<Self> {
@@ -246,6 +250,7 @@ impl Dedup {
         Ok(Self {
             config,
             changelog,
+            seen_schema_id,
             runtime,
             stores: HashMap::new(),
             duplicates: duplicates_counter(registry, "normalize")?,
@@ -341,6 +346,7 @@ impl Dedup {
                 };
                 let received_at = match value {
                     None => None,
+                    Some(bytes) if let Some(at) = dedup::decode_seen(bytes, self.seen_schema_id) => Some(at),
                     Some(bytes) => {
                         let seen: SeenEvent = self
                             .runtime
@@ -406,6 +412,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("registering {}: {e}", schema::SEEN_EVENT.name))?;
         }
+        // The id this version's values carry (encoding looks the schema up, or registers it).
+        let sample = codec
+            .encode(
+                &config.dedup.changelog,
+                &schema::SEEN_EVENT,
+                &SeenEvent { received_at: 0 },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("looking up {} in the registry: {e}", schema::SEEN_EVENT.name))?;
+        let seen_schema_id = u32::from_be_bytes(sample[1..5].try_into()?);
         let changelog = Changelog::new(&config.kafka, &config.dedup.changelog, "normalize");
         let (check, check_inputs) = (changelog.clone(), inputs.clone());
         tokio::task::spawn_blocking(move || check.check_partitions(&check_inputs, Duration::from_secs(10)))
@@ -414,6 +430,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(Dedup::new(
             config.dedup,
             changelog,
+            seen_schema_id,
             &registry,
             tokio::runtime::Handle::current(),
         )?)
