@@ -96,16 +96,7 @@ fn signed(
 }
 
 async fn post_webhook(ingest: &TestIngest, source: &str, headers: HeaderMap, body: Vec<u8>) -> (StatusCode, Value) {
-    let response = ingest
-        .http
-        .post(ingest.url(&format!("/v1/webhooks/{source}")))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    ingest.post(&format!("/v1/webhooks/{source}"), headers, body).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -174,18 +174,9 @@ async fn event_ids(records: &[Record]) -> HashMap<String, usize> {
 }
 
 async fn post(ingest: &TestIngest, path: &str, headers: HeaderMap, body: Vec<u8>) -> Value {
-    let response = ingest
-        .http
-        .post(ingest.url(path))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {body}");
-    body
+    let (status, answer) = ingest.post(path, headers, body).await;
+    assert!(status.is_success(), "{path}: {status} {answer}");
+    answer
 }
 
 /// A webhook delivery signed as `vendor` signs it, with `extra` headers.

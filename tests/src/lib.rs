@@ -219,6 +219,25 @@ impl TestIngest {
         (status, response.json().await.expect("readyz JSON"))
     }
 
+    /// POST `body` with `headers` to `path`: the status and the JSON answer (null if none).
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

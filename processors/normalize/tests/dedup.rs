@@ -5,68 +5,22 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use nectar_core::config::RawTopics;
 use nectar_core::events::{Envelope, Event, FormSubmitted};
-use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_producer::NectarProducer;
 use nectar_tests::{
-    Record, ServiceProcess, assert_exactly_once, codec, fresh_changelog, fresh_topics, kafka_config, processor_env,
-    read_topic, registry_config, unique, wait_caught_up,
+    Record, ServiceProcess, assert_exactly_once, codec, kafka_config, read_topic, registry_config, wait_caught_up,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nectar-normalize");
 
-struct Run {
-    topics: RawTopics,
-    output: String,
-    dedup: String,
-    dlq: String,
-    group: String,
-}
+mod common;
+use common::Run;
 
-impl Run {
-    async fn new() -> Self {
-        let run = Self {
-            topics: fresh_topics().await,
-            output: unique("t.events"),
-            dedup: fresh_changelog("dedup").await,
-            dlq: unique("t.dlq.normalize"),
-            group: unique("normalize"),
-        };
-        ensure_topics(
-            &kafka_config(),
-            &[TopicSpec::new(&run.output, 3), TopicSpec::new(&run.dlq, 1)],
-        )
-        .await
-        .expect("topics");
-        run
-    }
-
-    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut topics = vec![
-            ("NECTAR_TOPICS__FORMS", self.topics.forms.as_str()),
-            ("NECTAR_TOPICS__WEBHOOKS", self.topics.webhooks.as_str()),
-            ("NECTAR_TOPICS__APPS", self.topics.apps.as_str()),
-            ("NECTAR_OUTPUT__TOPIC", self.output.as_str()),
-            ("NECTAR_DEDUP__CHANGELOG", self.dedup.as_str()),
-        ];
-        topics.extend_from_slice(extra);
-        processor_env(&self.group, "a", &self.dlq, &topics)
-    }
-
-    fn inputs(&self) -> Vec<String> {
-        vec![
-            self.topics.forms.clone(),
-            self.topics.webhooks.clone(),
-            self.topics.apps.clone(),
-        ]
-    }
-
-    fn producer(&self) -> NectarProducer {
-        NectarProducer::new(&kafka_config(), &registry_config(), self.topics.clone(), "dedup-test").expect("producer")
-    }
+/// A producer of this run's raw topics.
+fn producer(run: &Run) -> NectarProducer {
+    NectarProducer::new(&kafka_config(), &registry_config(), run.topics.clone(), "dedup-test").expect("producer")
 }
 
 /// A form submission whose id is derived from `key` (as an `Idempotency-Key` would make it).
@@ -143,7 +97,7 @@ async fn redeliveries_across_sigkills_pass_each_event_id_once_and_the_store_is_t
     const DISTINCT: usize = 13_334;
     const REDELIVERED: usize = 6_666;
     let run = Run::new().await;
-    let producer = run.producer();
+    let producer = producer(&run);
     producer.register_schemas().await.expect("schemas");
     let now = nectar_core::events::now_millis();
     let mut rng = rand::rng();
@@ -185,7 +139,7 @@ async fn redeliveries_across_sigkills_pass_each_event_id_once_and_the_store_is_t
     let raw_total = first_half.len() + second_half.len();
     produce(&producer, &first_half).await;
 
-    let mut process = ServiceProcess::start(BIN, run.env(&[]));
+    let mut process = ServiceProcess::start(BIN, run.env("a", &[]));
     let killer = async {
         process.kill_at_random_moments(5, 700..2000).await;
         process
@@ -211,7 +165,7 @@ async fn redeliveries_across_sigkills_pass_each_event_id_once_and_the_store_is_t
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_seen_again_after_the_window_is_passed_on_and_its_entry_tombstoned() {
     let run = Run::new().await;
-    let producer = run.producer();
+    let producer = producer(&run);
     producer.register_schemas().await.expect("schemas");
     let t = nectar_core::events::now_millis();
     let email = "window@example.com";
@@ -224,7 +178,7 @@ async fn an_id_seen_again_after_the_window_is_passed_on_and_its_entry_tombstoned
     fresh.envelope.event_id = nectar_core::ids::new_event_id();
     produce(&producer, &[a.clone(), a_retry, b.clone(), a_late, fresh.clone()]).await;
 
-    let mut process = ServiceProcess::start(BIN, run.env(&[("NECTAR_DEDUP__WINDOW_SECS", "60")]));
+    let mut process = ServiceProcess::start(BIN, run.env("a", &[("NECTAR_DEDUP__WINDOW_SECS", "60")]));
     wait_caught_up(&run.group, &run.inputs(), &mut [&mut process]).await;
     assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
 

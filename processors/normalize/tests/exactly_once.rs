@@ -6,62 +6,22 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use nectar_core::config::RawTopics;
 use nectar_core::events::{Event, FormSubmitted};
-use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::dlq_headers;
 use nectar_producer::{AppEventBuilder, NectarProducer};
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, fresh_changelog, fresh_topics, kafka_config, processor_env, read_topic,
-    registry_config, unique, wait_both_assigned, wait_caught_up,
+    ServiceProcess, assert_exactly_once, codec, kafka_config, read_topic, registry_config, wait_both_assigned,
+    wait_caught_up,
 };
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+mod common;
+use common::Run;
+
 const FORMS: usize = 12_000;
 const APP_EVENTS: usize = 8_000;
 const POISON: usize = 25;
-
-struct Run {
-    topics: RawTopics,
-    output: String,
-    dedup: String,
-    dlq: String,
-    group: String,
-}
-
-async fn setup() -> Run {
-    let topics = fresh_topics().await;
-    let run = Run {
-        output: unique("t.events"),
-        dedup: fresh_changelog("dedup").await,
-        dlq: unique("t.dlq.normalize"),
-        group: unique("normalize"),
-        topics,
-    };
-    ensure_topics(
-        &kafka_config(),
-        &[TopicSpec::new(&run.output, 3), TopicSpec::new(&run.dlq, 1)],
-    )
-    .await
-    .expect("topics");
-    run
-}
-
-fn env(run: &Run, instance: &str) -> Vec<(String, String)> {
-    processor_env(
-        &run.group,
-        instance,
-        &run.dlq,
-        &[
-            ("NECTAR_TOPICS__FORMS", &run.topics.forms),
-            ("NECTAR_TOPICS__WEBHOOKS", &run.topics.webhooks),
-            ("NECTAR_TOPICS__APPS", &run.topics.apps),
-            ("NECTAR_OUTPUT__TOPIC", &run.output),
-            ("NECTAR_DEDUP__CHANGELOG", &run.dedup),
-        ],
-    )
-}
 
 /// Produce the input: forms, app events and undecodable poison records. Returns the event
 /// ids that must come out exactly once.
@@ -137,14 +97,6 @@ fn form(i: usize) -> FormSubmitted {
     }
 }
 
-fn inputs(run: &Run) -> Vec<String> {
-    vec![
-        run.topics.forms.clone(),
-        run.topics.webhooks.clone(),
-        run.topics.apps.clone(),
-    ]
-}
-
 /// Count event ids on the output topic with a read_committed consumer.
 async fn output_ids(run: &Run, expected: usize) -> HashMap<String, usize> {
     let records = read_topic(&run.output, expected).await;
@@ -177,11 +129,11 @@ async fn assert_poison_dead_lettered_once(run: &Run) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let run = setup().await;
+    let run = Run::new().await;
     let expected = produce_input(&run).await;
-    let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), env(&run, "a"));
+    let mut process = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), run.env("a", &[]));
     process.kill_at_random_moments(5, 800..2500).await;
-    wait_caught_up(&run.group, &inputs(&run), &mut [&mut process]).await;
+    wait_caught_up(&run.group, &run.inputs(), &mut [&mut process]).await;
     assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
 
     let counts = output_ids(&run, expected.len()).await;
@@ -191,15 +143,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_split_partitions_and_a_killed_ones_work_moves_over() {
-    let run = setup().await;
+    let run = Run::new().await;
     let expected = produce_input(&run).await;
-    let mut a = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), env(&run, "a"));
-    let mut b = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), env(&run, "b"));
+    let mut a = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), run.env("a", &[]));
+    let mut b = ServiceProcess::start(env!("CARGO_BIN_EXE_nectar-normalize"), run.env("b", &[]));
     wait_both_assigned(&mut a, &mut b).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // One instance dies mid-stream and stays dead: the other takes its partitions over.
     a.kill9();
-    wait_caught_up(&run.group, &inputs(&run), &mut [&mut b]).await;
+    wait_caught_up(&run.group, &run.inputs(), &mut [&mut b]).await;
     assert!(b.terminate().success(), "graceful stop:\n{}", b.log());
 
     let counts = output_ids(&run, expected.len()).await;
