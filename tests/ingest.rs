@@ -627,20 +627,20 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_reaches_kafka() {
         ),
         (
             "signed stripe body that is not JSON (truncated)",
-            signed(&http, &ingest, "stripe", STRIPE_SECRET, stripe_body[..20].to_vec(), &[]),
+            signed(http, &ingest, "stripe", STRIPE_SECRET, stripe_body[..20].to_vec(), &[]),
             StatusCode::BAD_REQUEST,
             "malformed_body",
         ),
         (
             "signed stripe body that is JSON but not an event object",
-            signed(&http, &ingest, "stripe", STRIPE_SECRET, b"[1, 2]".to_vec(), &[]),
+            signed(http, &ingest, "stripe", STRIPE_SECRET, b"[1, 2]".to_vec(), &[]),
             StatusCode::BAD_REQUEST,
             "malformed_body",
         ),
         (
             "signed slack body that is not JSON",
             signed(
-                &http,
+                http,
                 &ingest,
                 "slack",
                 SLACK_SECRET,
@@ -653,7 +653,7 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_reaches_kafka() {
         (
             "signed shopify body that is not JSON",
             signed(
-                &http,
+                http,
                 &ingest,
                 "shopify",
                 SHOPIFY_SECRET,
@@ -669,7 +669,7 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_reaches_kafka() {
         (
             "signed hubspot array of strings instead of event objects",
             signed(
-                &http,
+                http,
                 &ingest,
                 "hubspot",
                 HUBSPOT_SECRET,
@@ -686,7 +686,7 @@ async fn bad_input_is_refused_with_a_json_error_and_nothing_reaches_kafka() {
                     .map(|i| json!({"eventId": i, "subscriptionId": 7, "portalId": 62515, "subscriptionType": "contact.creation", "objectId": i}))
                     .collect();
                 signed(
-                    &http,
+                    http,
                     &ingest,
                     "hubspot",
                     HUBSPOT_SECRET,

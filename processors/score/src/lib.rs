@@ -137,7 +137,7 @@ impl ScoreModel {
     /// never disagree after a crash; the memory is bounded per lead, and a duplicate reaches
     /// score on the lead's own partition, where its state already is.
     pub fn already_applied(previous: Option<&LeadState>, event: &Event) -> bool {
-        previous.is_some_and(|s| s.recent_event_ids.iter().any(|id| *id == event.envelope.event_id))
+        previous.is_some_and(|s| s.recent_event_ids.contains(&event.envelope.event_id))
     }
 
     /// Apply `event` to the lead's `previous` state.
