@@ -53,6 +53,7 @@ fn config(group: &str, dlq: &str) -> ProcessorConfig {
         instance_id: Some("test".into()),
         max_batch: 50,
         commit_interval_ms: 100,
+        idle_commit_ms: 5,
         transaction_timeout_ms: 60_000,
         call_timeout_ms: 30_000,
         dlq_topic: dlq.into(),

@@ -57,6 +57,11 @@ pub struct ProcessorConfig {
     /// Commit at least this often while records flow (Kafka Streams commits every 100 ms
     /// with exactly-once).
     pub commit_interval_ms: u64,
+    /// Commit as soon as no input has arrived for this long, without waiting out
+    /// `commit_interval_ms`: sparse records are committed, and visible downstream, at once,
+    /// while a backlog still fills `max_batch` (records keep coming). 0: wait out the interval.
+    #[serde(default = "default_idle_commit_ms")]
+    pub idle_commit_ms: u64,
     /// Broker-side transaction timeout (`transaction.timeout.ms`).
     pub transaction_timeout_ms: u64,
     /// Timeout of each blocking transaction call.
@@ -75,6 +80,10 @@ fn default_session_timeout_ms() -> u64 {
     45_000
 }
 
+fn default_idle_commit_ms() -> u64 {
+    5
+}
+
 /// The broker's default `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
 const SESSION_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 6_000..=300_000;
 
@@ -88,6 +97,9 @@ impl ProcessorConfig {
         }
         if self.commit_interval_ms == 0 {
             errors.push("processor.commit_interval_ms: must be at least 1".into());
+        }
+        if self.idle_commit_ms > self.commit_interval_ms {
+            errors.push("processor.idle_commit_ms: must be between 0 and commit_interval_ms".into());
         }
         if self.call_timeout_ms == 0 || self.call_timeout_ms >= self.transaction_timeout_ms {
             errors.push("processor.call_timeout_ms: must be between 1 and transaction_timeout_ms".into());
@@ -434,6 +446,15 @@ impl<P: Processor> Loop<P> {
                 "transaction.timeout.ms",
                 settings.processor.transaction_timeout_ms.to_string(),
             );
+        // The transaction coordinator answers CONCURRENT_TRANSACTIONS to AddOffsetsToTxn
+        // while it still writes the previous transaction's markers (a millisecond or two
+        // here); librdkafka retries that after retry.backoff.ms, 100 ms by default, which
+        // then was the commit's whole cost (`deploy/local/bench txn`). 20 ms is what the Java
+        // client waits for this error; retries back off exponentially from it up to
+        // retry.backoff.max.ms. `kafka.properties` can still set it.
+        if !settings.kafka.properties.contains_key("retry.backoff.ms") {
+            producer_config.set("retry.backoff.ms", "20");
+        }
         let producer: ThreadedProducer<DefaultProducerContext> = producer_config.create()?;
         tracing::info!(transactional_id, "initialising transactions");
         producer
@@ -487,15 +508,22 @@ impl<P: Processor> Loop<P> {
 
     fn run(mut self) -> anyhow::Result<()> {
         let commit_interval = Duration::from_millis(self.settings.processor.commit_interval_ms);
+        let idle_commit = Duration::from_millis(self.settings.processor.idle_commit_ms);
         let mut last_lag = Instant::now();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let wait = if self.in_transaction.load(Ordering::SeqCst) {
-                commit_interval
+            let in_transaction = self.in_transaction.load(Ordering::SeqCst);
+            let wait = if in_transaction {
+                let left = commit_interval
                     .saturating_sub(self.batch_started.elapsed())
-                    .max(Duration::from_millis(1))
+                    .max(Duration::from_millis(1));
+                if idle_commit.is_zero() {
+                    left
+                } else {
+                    left.min(idle_commit)
+                }
             } else {
                 Duration::from_millis(100)
             };
@@ -505,6 +533,11 @@ impl<P: Processor> Loop<P> {
                 .map(|r| r.map(|m| InputRecord::from_message(&m)));
             self.handle_rebalances()?;
             match message {
+                // The input is drained for now: what the transaction holds is committed
+                // without waiting out the interval.
+                None if in_transaction && !idle_commit.is_zero() && self.in_transaction.load(Ordering::SeqCst) => {
+                    self.commit()?;
+                }
                 None => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 Some(Ok(record)) => self.process(record)?,
@@ -675,6 +708,7 @@ impl<P: Processor> Loop<P> {
             self.producer
                 .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)?;
         }
+        crate::kafka::wait_delivered(&self.producer, self.call_timeout)?;
         // A retriable commit error may be retried as is (librdkafka's documented protocol).
         let mut attempts = 0;
         loop {
@@ -728,7 +762,7 @@ impl<P: Processor> Loop<P> {
 /// librdkafka is still adding partitions to the transaction can make the broker answer
 /// INVALID_TXN_STATE, which librdkafka treats as fatal (confluentinc/librdkafka#4849).
 fn abort(producer: &ThreadedProducer<DefaultProducerContext>, timeout: Duration) -> KafkaResult<()> {
-    if let Err(e) = producer.flush(timeout) {
+    if let Err(e) = crate::kafka::wait_delivered(producer, timeout) {
         tracing::debug!(error = %e, "flush before abort");
     }
     producer.abort_transaction(timeout)
@@ -917,6 +951,16 @@ mod tests {
         let config = parse("");
         assert_eq!(config.session_timeout_ms, 45_000);
         assert!(problems(&config).is_empty(), "{:?}", problems(&config));
+    }
+
+    #[test]
+    fn idle_commit_defaults_to_5_ms_and_may_not_exceed_the_interval() {
+        assert_eq!(parse("").idle_commit_ms, 5);
+        assert!(problems(&parse("idle_commit_ms = 0")).is_empty());
+        assert!(problems(&parse("idle_commit_ms = 100")).is_empty());
+        let errors = problems(&parse("idle_commit_ms = 101"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("processor.idle_commit_ms:"), "{errors:?}");
     }
 
     #[test]

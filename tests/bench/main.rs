@@ -40,11 +40,15 @@ enum Bench {
     /// normalize's de-duplication store: rebuild time of a partition vs. Kafka's
     /// ConsumerPerformance on the same records, and memory per id.
     Dedup(dedup::DedupArgs),
+    /// Where a processor transaction's time goes: begin, produce, send offsets, commit, with
+    /// librdkafka setting variants side by side.
+    Txn(txn::TxnArgs),
 }
 
 mod dedup;
 mod pipeline;
 mod sinks;
+mod txn;
 
 #[derive(Debug, clap::Args)]
 struct IngestArgs {
@@ -298,6 +302,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Pipeline(args) => return pipeline::run(args).await,
         Bench::Sinks(args) => return sinks::run(args).await,
         Bench::Dedup(args) => return dedup::run(args).await,
+        Bench::Txn(args) => return txn::run(args).await,
     };
     let bin = args
         .ingest_bin
