@@ -264,35 +264,34 @@ async fn hubspot_retries(ingest: &TestIngest) -> Vec<String> {
     ids
 }
 
-/// A browser re-posts a form with the same `Idempotency-Key`.
-async fn form_resent(ingest: &TestIngest) -> Vec<String> {
+/// A JSON body posted twice to `path` with the same `Idempotency-Key` (and `auth`, if any):
+/// both answers carry one event id.
+async fn resent(ingest: &TestIngest, path: &str, auth: Option<&str>, key: &str, body: Value) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/json".parse().expect("value"));
-        headers.insert("idempotency-key", "form-once-1".parse().expect("value"));
-        let body = json!({"email": "form@acme-corp.com", "name": "Form Person"})
-            .to_string()
-            .into_bytes();
-        ids.extend(returned_ids(&post(ingest, "/v1/forms/contact", headers, body).await));
+        headers.insert("idempotency-key", key.parse().expect("value"));
+        if let Some(auth) = auth {
+            headers.insert("authorization", auth.parse().expect("value"));
+        }
+        ids.extend(returned_ids(
+            &post(ingest, path, headers, body.to_string().into_bytes()).await,
+        ));
     }
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     ids
 }
 
+/// A browser re-posts a form with the same `Idempotency-Key`.
+async fn form_resent(ingest: &TestIngest) -> Vec<String> {
+    let body = json!({"email": "form@acme-corp.com", "name": "Form Person"});
+    resent(ingest, "/v1/forms/contact", None, "form-once-1", body).await
+}
+
 /// An app re-sends an event with the same `Idempotency-Key`.
 async fn app_event_resent(ingest: &TestIngest) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let mut headers = HeaderMap::new();
-        headers.insert("content-type", "application/json".parse().expect("value"));
-        headers.insert("authorization", format!("Bearer {API_KEY}").parse().expect("value"));
-        headers.insert("idempotency-key", "app-once-1".parse().expect("value"));
-        let body = json!({"type": "demo.requested", "email": "app@acme-corp.com"})
-            .to_string()
-            .into_bytes();
-        ids.extend(returned_ids(&post(ingest, "/v1/events", headers, body).await));
-    }
-    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    ids
+    let body = json!({"type": "demo.requested", "email": "app@acme-corp.com"});
+    let auth = format!("Bearer {API_KEY}");
+    resent(ingest, "/v1/events", Some(&auth), "app-once-1", body).await
 }

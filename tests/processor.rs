@@ -164,3 +164,31 @@ async fn aborted_batches_are_redone_once_and_rejects_reach_the_dlq() {
     }
     assert_eq!(metrics.dead_letters.get(), poison as u64);
 }
+
+/// A processor asked to stop while it is still starting (checking topics, registering
+/// schemas, joining the group) stops cleanly with exit 0, instead of dying of the signal's
+/// default action: the stop request is recorded from the first line of `main`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_stopped_while_starting_exits_cleanly() {
+    let StageTopics { input, dlq, group, .. } = StageTopics::create("stop-early").await;
+    let prefix = format!("{group}.deliver.");
+    for delay_ms in [150, 400, 1500] {
+        let env = nectar_tests::processor_env(
+            &group,
+            "a",
+            &dlq,
+            &[
+                ("NECTAR_TOPICS__INPUT", &input),
+                ("NECTAR_TOPICS__DELIVER_PREFIX", &prefix),
+            ],
+        );
+        let mut process = nectar_tests::ServiceProcess::start(nectar_tests::service_binary("nectar-route"), env);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let status = process.terminate();
+        assert!(
+            status.success(),
+            "SIGTERM {delay_ms} ms after start: {status}\n{}",
+            process.log()
+        );
+    }
+}

@@ -74,6 +74,7 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    crate::shutdown::install();
     let matches = Cli::<Command>::command()
         .name(binary.name)
         .about(binary.about)

@@ -156,7 +156,7 @@ impl Processor for Normalize {
         {
             let envelope = raw.envelope();
             let (seen, changes) = dedup.observe(record.partition, envelope);
-            let mut changelog = dedup.changelog_records(&self.codec, record.partition, changes).await?;
+            let mut changelog = dedup.changelog_records(record.partition, changes);
             if seen == Seen::Duplicate {
                 dedup
                     .duplicates
@@ -207,8 +207,9 @@ impl Processor for Normalize {
 struct Dedup {
     config: DedupConfig,
     changelog: Changelog,
-    /// Registry id of the `io.nectar.SeenEvent` schema this version writes: values with it
-    /// are read without the registry on a rebuild (`dedup::decode_seen`).
+    /// Registry id of the `io.nectar.SeenEvent` schema this version writes: values are
+    /// written with it (`dedup::encode_seen`) and read back without the registry on a rebuild
+    /// (`dedup::decode_seen`).
     seen_schema_id: u32,
     runtime: tokio::runtime::Handle,
     /// Per raw partition number: the three raw topics are co-partitioned, so partition p of
@@ -306,26 +307,19 @@ impl Dedup {
         (seen, changes)
     }
 
-    async fn changelog_records(
-        &self,
-        codec: &Codec,
-        partition: i32,
-        changes: Vec<Change>,
-    ) -> Result<Vec<Output>, ProcessError> {
-        let mut records = Vec::with_capacity(changes.len());
-        for change in changes {
-            records.push(match change {
-                Change::Remember { key, received_at } => {
-                    let value = codec
-                        .encode(self.changelog.topic(), &schema::SEEN_EVENT, &SeenEvent { received_at })
-                        .await
-                        .map_err(|e| codec_error("encoding a de-duplication entry", e))?;
-                    self.changelog.put(partition, dedup::key_bytes(key), value)
-                }
+    /// The changelog records of `changes` for raw partition `partition`.
+    fn changelog_records(&self, partition: i32, changes: Vec<Change>) -> Vec<Output> {
+        changes
+            .into_iter()
+            .map(|change| match change {
+                Change::Remember { key, received_at } => self.changelog.put(
+                    partition,
+                    dedup::key_bytes(key),
+                    dedup::encode_seen(received_at, self.seen_schema_id),
+                ),
                 Change::Forget { key, .. } => self.changelog.tombstone(partition, dedup::key_bytes(key)),
-            });
-        }
-        Ok(records)
+            })
+            .collect()
     }
 
     /// Rebuild the store of every newly assigned partition number from the changelog.

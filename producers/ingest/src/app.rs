@@ -283,8 +283,6 @@ pub fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> Option<IpAddr> {
 /// Keep the readiness checks current: Kafka metadata for the raw topics, and the registry
 /// (registering the schemas once it answers, when auto-registration is on).
 pub async fn run_probes(state: AppState, auto_register: bool) {
-    state.readiness.register(KAFKA_CHECK);
-    state.readiness.register(REGISTRY_CHECK);
     let mut registered = !auto_register;
     let interval = Duration::from_millis(state.config.probe_interval_ms);
     let topics = state.producer.topics().clone();

@@ -39,7 +39,13 @@ pub fn build(config: &ServiceConfig) -> anyhow::Result<(AppState, Registry)> {
         config.topics.clone(),
         "nectar-ingest",
     )?;
-    let state = AppState::new(config.ingest.clone(), producer, Readiness::default(), metrics);
+    let readiness = Readiness::default();
+    // Not ready until the probes (`app::run_probes`) have seen Kafka and the registry: a
+    // readiness check that exists only once the probe task has started would let /readyz
+    // answer ready in between.
+    readiness.register(app::KAFKA_CHECK);
+    readiness.register(app::REGISTRY_CHECK);
+    let state = AppState::new(config.ingest.clone(), producer, readiness, metrics);
     Ok((state, registry))
 }
 

@@ -32,6 +32,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    nectar_core::shutdown::install();
     let cli = Cli::parse();
     let config: ServiceConfig = match nectar_core::config::load(DEFAULTS, cli.config.as_deref()) {
         Ok(c) => c,

@@ -99,7 +99,7 @@ async fn run<T, C: Connector>(
     readiness: Readiness,
 ) -> anyhow::Result<()> {
     let sink = config.sink.clone();
-    // One signal listener for the whole run, so a SIGTERM during start-up is not lost.
+    // One stop request for the whole run: one that came during start-up ends the start check.
     let shutdown = nectar_core::shutdown::signal();
     tokio::pin!(shutdown);
     let started = tokio::select! {

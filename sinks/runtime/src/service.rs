@@ -51,6 +51,7 @@ enum Command {
 
 /// Parse the command line, load the configuration and run the chosen command.
 pub async fn main<S: Sink>() -> ExitCode {
+    nectar_core::shutdown::install();
     let matches = Cli::<Command>::command()
         .name(S::BINARY)
         .about(S::ABOUT)
