@@ -124,11 +124,9 @@ async fn rebuild(bin: &PathBuf, raw: &RawTopics, changelog: &str, output: &str) 
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid().unwrap_or(0)))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let rss = process
+        .pid()
+        .and_then(|pid| super::proc_status_kib(pid, "VmRSS"))
         .unwrap_or(0);
     process.terminate();
     Ok((field("ids"), field("elapsed_ms"), rss))

@@ -207,17 +207,7 @@ async fn baseline(target: &Target, events: &[Event], run: &str) -> anyhow::Resul
 }
 
 fn peak_rss_mib(process: &ServiceProcess) -> Option<f64> {
-    let pid = process.pid()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    Some(super::proc_status_kib(process.pid()?, "VmHWM")? as f64 / 1024.0)
 }
 
 /// `q`-quantile of a Prometheus histogram, interpolated within its bucket (as PromQL's
