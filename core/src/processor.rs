@@ -522,8 +522,7 @@ impl<P: Processor> Loop<P> {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let in_transaction = self.in_transaction.load(Ordering::SeqCst);
-            let wait = if in_transaction {
+            let wait = if self.in_transaction.load(Ordering::SeqCst) {
                 let left = commit_interval
                     .saturating_sub(self.batch_started.elapsed())
                     .max(Duration::from_millis(1));
@@ -542,8 +541,8 @@ impl<P: Processor> Loop<P> {
             self.handle_rebalances()?;
             match message {
                 // The input is drained for now: what the transaction holds is committed
-                // without waiting out the interval.
-                None if in_transaction && !idle_commit.is_zero() && self.in_transaction.load(Ordering::SeqCst) => {
+                // without waiting out the interval (unless a revocation just aborted it).
+                None if !idle_commit.is_zero() && self.in_transaction.load(Ordering::SeqCst) => {
                     self.commit()?;
                 }
                 None => {}

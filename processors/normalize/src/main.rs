@@ -400,22 +400,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ];
     let registry = Registry::new();
     let dedup = if config.dedup.enabled {
-        if config.schema_registry.auto_register {
+        // The id this version's values carry: registering answers it; without registration,
+        // encoding a sample looks it up.
+        let seen_schema_id = if config.schema_registry.auto_register {
             codec
                 .register(&config.dedup.changelog, &schema::SEEN_EVENT)
                 .await
-                .map_err(|e| anyhow::anyhow!("registering {}: {e}", schema::SEEN_EVENT.name))?;
-        }
-        // The id this version's values carry (encoding looks the schema up, or registers it).
-        let sample = codec
-            .encode(
-                &config.dedup.changelog,
-                &schema::SEEN_EVENT,
-                &SeenEvent { received_at: 0 },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("looking up {} in the registry: {e}", schema::SEEN_EVENT.name))?;
-        let seen_schema_id = u32::from_be_bytes(sample[1..5].try_into()?);
+                .map_err(|e| anyhow::anyhow!("registering {}: {e}", schema::SEEN_EVENT.name))?
+        } else {
+            let sample = codec
+                .encode(
+                    &config.dedup.changelog,
+                    &schema::SEEN_EVENT,
+                    &SeenEvent { received_at: 0 },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("looking up {} in the registry: {e}", schema::SEEN_EVENT.name))?;
+            u32::from_be_bytes(sample[1..5].try_into()?)
+        };
         let changelog = Changelog::new(&config.kafka, &config.dedup.changelog, "normalize");
         let (check, check_inputs) = (changelog.clone(), inputs.clone());
         tokio::task::spawn_blocking(move || check.check_partitions(&check_inputs, Duration::from_secs(10)))
