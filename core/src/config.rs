@@ -256,6 +256,63 @@ pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);
 }
 
+/// Deserialize an optional string that may arrive as a number: an environment variable's
+/// value such as `NECTAR_PROCESSOR__INSTANCE_ID=0` is parsed as an integer by figment.
+pub fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Signed(i64),
+        Unsigned(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Lenient>::deserialize(d)?.map(|v| match v {
+        Lenient::Text(s) => s,
+        Lenient::Signed(n) => n.to_string(),
+        Lenient::Unsigned(n) => n.to_string(),
+        Lenient::Float(n) => n.to_string(),
+        Lenient::Bool(b) => b.to_string(),
+    }))
+}
+
+/// The field names of the struct `T` deserializes as (its sections, for a configuration
+/// type), read from its `Deserialize` impl: empty if `T` is not a struct.
+pub fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Error as _, Visitor, value::Error};
+
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Fields<'_> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Error> {
+            *self.0 = fields;
+            Err(Error::custom("fields read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 /// Why a configuration could not be loaded. `Display` lists every problem, one a line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

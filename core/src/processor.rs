@@ -50,7 +50,7 @@ pub struct ProcessorConfig {
     pub group_id: String,
     /// This instance's stable id (the pod name in Kubernetes). Part of the transactional id,
     /// so a restarted instance fences its own zombie. Defaults to `$HOSTNAME`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient_string")]
     pub instance_id: Option<String>,
     /// Most records in one transaction.
     pub max_batch: usize,
@@ -422,7 +422,18 @@ struct Loop<P: Processor> {
     batch_records: usize,
     batch_started: Instant,
     call_timeout: Duration,
+    /// Test hook: how long to wait between sending the offsets to the transaction and
+    /// committing it ([`PAUSE_BEFORE_COMMIT_ENV`]).
+    pause_before_commit: Option<Duration>,
 }
+
+/// Test hook, for the test that kills a processor in the middle of its commit: milliseconds
+/// to pause after `send_offsets_to_transaction` and before `commit_transaction`, announced
+/// in the log. Unset (the default), nothing pauses. Not a setting: nothing gains by it.
+pub const PAUSE_BEFORE_COMMIT_ENV: &str = "NECTAR_TEST_PAUSE_BEFORE_COMMIT_MS";
+
+/// What the loop logs when the [`PAUSE_BEFORE_COMMIT_ENV`] hook pauses.
+pub const PAUSE_BEFORE_COMMIT_LOG: &str = "test hook: offsets sent, pausing before commit_transaction";
 
 impl<P: Processor> Loop<P> {
     fn new(
@@ -511,6 +522,10 @@ impl<P: Processor> Loop<P> {
             batch_records: 0,
             batch_started: Instant::now(),
             call_timeout,
+            pause_before_commit: std::env::var(PAUSE_BEFORE_COMMIT_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
         })
     }
 
@@ -716,6 +731,10 @@ impl<P: Processor> Loop<P> {
                 .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)?;
         }
         crate::kafka::wait_delivered(&self.producer, self.call_timeout)?;
+        if let Some(pause) = self.pause_before_commit {
+            tracing::warn!(pause_ms = pause.as_millis(), "{PAUSE_BEFORE_COMMIT_LOG}");
+            std::thread::sleep(pause);
+        }
         // A retriable commit error may be retried as is (librdkafka's documented protocol).
         let mut attempts = 0;
         loop {

@@ -6,11 +6,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
+use nectar_core::config::Validate;
 use nectar_core::events::Event;
-use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_output,
-};
+use nectar_core::processor::{InputRecord, LoopSettings, Output, ProcessError, Processor, codec_error, event_output};
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
 use nectar_enrich::{EnrichConfig, Enricher};
@@ -18,19 +16,15 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../default.toml");
 
+/// enrich's own sections.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    kafka: KafkaConfig,
-    schema_registry: RegistryConfig,
-    admin: AdminConfig,
-    #[serde(default)]
-    log: LogConfig,
-    processor: ProcessorConfig,
+struct Own {
     topics: Topics,
     #[serde(default)]
     enrich: EnrichConfig,
 }
+
+type Config = ProcessorServiceConfig<Own>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,27 +33,8 @@ struct Topics {
     output: String,
 }
 
-impl nectar_core::service::ServiceConfig for Config {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
-
-impl ProcessorServiceConfig for Config {
-    fn kafka(&self) -> &KafkaConfig {
-        &self.kafka
-    }
-    fn processor(&self) -> &ProcessorConfig {
-        &self.processor
-    }
-}
-
-impl Validate for Config {
+impl Validate for Own {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.kafka.validate(errors);
-        self.schema_registry.validate(errors);
-        self.log.validate(errors);
-        self.processor.validate(errors);
         if let Err(e) = Enricher::new(&self.enrich) {
             errors.push(format!("enrich: {e}"));
         }
@@ -104,21 +79,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let codec = Arc::new(Codec::new(&config.schema_registry)?);
     if config.schema_registry.auto_register {
         codec
-            .register(&config.topics.output, &schema::EVENT)
+            .register(&config.own.topics.output, &schema::EVENT)
             .await
             .map_err(|e| anyhow::anyhow!("registering the event schema: {e}"))?;
     }
-    let enricher = Enricher::new(&config.enrich).map_err(anyhow::Error::msg)?;
+    let enricher = Enricher::new(&config.own.enrich).map_err(anyhow::Error::msg)?;
     let processor = Enrich {
         enricher,
         codec,
-        output: config.topics.output,
+        output: config.own.topics.output,
     };
     let settings = LoopSettings {
         name: "enrich".into(),
         kafka: config.kafka,
         processor: config.processor,
-        inputs: vec![config.topics.input],
+        inputs: vec![config.own.topics.input],
     };
     nectar_core::processor::run_service(settings, config.admin.listen, processor, prometheus::Registry::new()).await
 }

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RawTopics, RegistryConfig, Validate};
+use nectar_core::config::{RawTopics, Validate};
 use nectar_core::events::{
     AppEvent, EVENT_ID_ORIGIN_HEADER, Envelope, Event, FormSubmitted, ID_GENERATED, SeenEvent, WebhookReceived,
 };
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, duplicate_source,
-    duplicates_counter, event_output,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, codec_error, duplicate_source, duplicates_counter,
+    event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
@@ -25,21 +25,17 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../default.toml");
 
+/// normalize's own sections.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    kafka: KafkaConfig,
-    schema_registry: RegistryConfig,
-    admin: AdminConfig,
-    #[serde(default)]
-    log: LogConfig,
-    processor: ProcessorConfig,
+struct Own {
     topics: RawTopics,
     output: OutputConfig,
     dedup: DedupConfig,
     #[serde(default)]
     normalize: NormalizeConfig,
 }
+
+type Config = ProcessorServiceConfig<Own>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,27 +44,8 @@ struct OutputConfig {
     topic: String,
 }
 
-impl nectar_core::service::ServiceConfig for Config {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
-
-impl ProcessorServiceConfig for Config {
-    fn kafka(&self) -> &KafkaConfig {
-        &self.kafka
-    }
-    fn processor(&self) -> &ProcessorConfig {
-        &self.processor
-    }
-}
-
-impl Validate for Config {
+impl Validate for Own {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.kafka.validate(errors);
-        self.schema_registry.validate(errors);
-        self.log.validate(errors);
-        self.processor.validate(errors);
         self.dedup.validate(errors);
         if let Err(e) = Normalizer::new(&self.normalize) {
             errors.push(format!("normalize: {e}"));
@@ -388,29 +365,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let codec = Arc::new(Codec::new(&config.schema_registry)?);
     if config.schema_registry.auto_register {
         codec
-            .register(&config.output.topic, &schema::EVENT)
+            .register(&config.own.output.topic, &schema::EVENT)
             .await
             .map_err(|e| anyhow::anyhow!("registering {}: {e}", schema::EVENT.name))?;
     }
-    let normalizer = Normalizer::new(&config.normalize).map_err(anyhow::Error::msg)?;
+    let normalizer = Normalizer::new(&config.own.normalize).map_err(anyhow::Error::msg)?;
     let inputs = vec![
-        config.topics.forms.clone(),
-        config.topics.webhooks.clone(),
-        config.topics.apps.clone(),
+        config.own.topics.forms.clone(),
+        config.own.topics.webhooks.clone(),
+        config.own.topics.apps.clone(),
     ];
     let registry = Registry::new();
-    let dedup = if config.dedup.enabled {
+    let dedup = if config.own.dedup.enabled {
         // The id this version's values carry: registering answers it; without registration,
         // encoding a sample looks it up.
         let seen_schema_id = if config.schema_registry.auto_register {
             codec
-                .register(&config.dedup.changelog, &schema::SEEN_EVENT)
+                .register(&config.own.dedup.changelog, &schema::SEEN_EVENT)
                 .await
                 .map_err(|e| anyhow::anyhow!("registering {}: {e}", schema::SEEN_EVENT.name))?
         } else {
             let sample = codec
                 .encode(
-                    &config.dedup.changelog,
+                    &config.own.dedup.changelog,
                     &schema::SEEN_EVENT,
                     &SeenEvent { received_at: 0 },
                 )
@@ -418,13 +395,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("looking up {} in the registry: {e}", schema::SEEN_EVENT.name))?;
             u32::from_be_bytes(sample[1..5].try_into()?)
         };
-        let changelog = Changelog::new(&config.kafka, &config.dedup.changelog, "normalize");
+        let changelog = Changelog::new(&config.kafka, &config.own.dedup.changelog, "normalize");
         let (check, check_inputs) = (changelog.clone(), inputs.clone());
         tokio::task::spawn_blocking(move || check.check_partitions(&check_inputs, Duration::from_secs(10)))
             .await?
             .map_err(|e| anyhow::anyhow!("dedup: {e}"))?;
         Some(Dedup::new(
-            config.dedup,
+            config.own.dedup,
             changelog,
             seen_schema_id,
             &registry,
@@ -436,8 +413,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let processor = Normalize {
         normalizer,
         codec,
-        topics: config.topics,
-        output: config.output.topic,
+        topics: config.own.topics,
+        output: config.own.output.topic,
         dedup,
     };
     let settings = LoopSettings {

@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
+use nectar_core::config::Validate;
 use nectar_core::events::{Event, LeadState};
 use nectar_core::ids;
 use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, duplicate_source,
-    duplicates_counter, event_output,
+    InputRecord, LoopSettings, Output, ProcessError, Processor, codec_error, duplicate_source, duplicates_counter,
+    event_output,
 };
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
@@ -27,18 +27,14 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../default.toml");
 
+/// score's own sections.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    kafka: KafkaConfig,
-    schema_registry: RegistryConfig,
-    admin: AdminConfig,
-    #[serde(default)]
-    log: LogConfig,
-    processor: ProcessorConfig,
+struct Own {
     topics: Topics,
     score: ScoreRules,
 }
+
+type Config = ProcessorServiceConfig<Own>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,27 +44,8 @@ struct Topics {
     changelog: String,
 }
 
-impl nectar_core::service::ServiceConfig for Config {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
-
-impl ProcessorServiceConfig for Config {
-    fn kafka(&self) -> &KafkaConfig {
-        &self.kafka
-    }
-    fn processor(&self) -> &ProcessorConfig {
-        &self.processor
-    }
-}
-
-impl Validate for Config {
+impl Validate for Own {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.kafka.validate(errors);
-        self.schema_registry.validate(errors);
-        self.log.validate(errors);
-        self.processor.validate(errors);
         self.score.validate(errors);
     }
 }
@@ -244,24 +221,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let codec = Arc::new(Codec::new(&config.schema_registry)?);
     if config.schema_registry.auto_register {
         codec
-            .register(&config.topics.output, &schema::EVENT)
+            .register(&config.own.topics.output, &schema::EVENT)
             .await
             .map_err(|e| anyhow::anyhow!("registering the event schema: {e}"))?;
         codec
-            .register(&config.topics.changelog, &schema::LEAD_STATE)
+            .register(&config.own.topics.changelog, &schema::LEAD_STATE)
             .await
             .map_err(|e| anyhow::anyhow!("registering the lead state schema: {e}"))?;
     }
-    let inputs = vec![config.topics.input.clone()];
-    let changelog = Changelog::new(&config.kafka, &config.topics.changelog, "score");
+    let inputs = vec![config.own.topics.input.clone()];
+    let changelog = Changelog::new(&config.kafka, &config.own.topics.changelog, "score");
     let check = changelog.clone();
     let check_inputs = inputs.clone();
     tokio::task::spawn_blocking(move || check.check_partitions(&check_inputs, Duration::from_secs(10))).await??;
     let registry = prometheus::Registry::new();
     let processor = Score {
-        model: ScoreModel::new(config.score),
+        model: ScoreModel::new(config.own.score),
         codec,
-        topics: config.topics,
+        topics: config.own.topics,
         changelog,
         duplicates: duplicates_counter(&registry, "score")?,
         runtime: tokio::runtime::Handle::current(),
