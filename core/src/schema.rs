@@ -147,6 +147,17 @@ pub enum CodecError {
     Invalid(String),
 }
 
+/// A Confluent-framed value's schema id and the Avro datum after the frame (magic byte 0,
+/// then the id as 4 bytes big-endian).
+pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    match bytes {
+        [0, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        _ => Err(CodecError::Invalid(
+            "not in the Confluent wire format (magic byte 0 and a 4-byte schema id)".into(),
+        )),
+    }
+}
+
 impl From<SRCError> for CodecError {
     fn from(e: SRCError) -> Self {
         let text = match &e.cause {
@@ -287,6 +298,12 @@ impl Codec {
     /// Decode a Confluent-framed value to an Avro value.
     pub async fn decode_value(&self, bytes: &[u8]) -> Result<apache_avro::types::Value, CodecError> {
         Ok(self.decoder.decode(Some(bytes)).await?.value)
+    }
+
+    /// The writer schema registered under `id`, self-contained (references resolved),
+    /// fetched once and cached.
+    pub async fn writer_schema(&self, id: u32) -> Result<Schema, CodecError> {
+        Ok(self.decoder.get_schema(id).await?.parsed.clone())
     }
 
     /// Decode a Confluent-framed value into `T`.

@@ -461,6 +461,38 @@ impl ServiceProcess {
         String::from_utf8_lossy(&log[start..]).into_owned()
     }
 
+    /// Set (`Some`) or remove (`None`) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Wait until the running child logs `needle`; fails, with the log, if it exits first or
+    /// `timeout` passes.
+    pub async fn wait_logged(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.current_log().contains(needle) {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "{} exited with {status}:
+{}",
+                    self.bin.display(),
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log `{needle}` within {timeout:?}:
+{}",
+                self.bin.display(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(std::process::Child::id)

@@ -7,14 +7,22 @@
 //! union of the sinks of every rule that matches; a lead erasure request goes to every sink
 //! that stores people, whatever the rules say. Rules compile at start; an error names the
 //! rule.
+//!
+//! Route reads only the fields its rules use ([`projection`]): [`Router::fields`] is what
+//! to decode, [`Router::route_value`] routes what was decoded.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use cel::{Context, Program, Value};
+use cel::{Context, Env, Program, Value};
 use nectar_core::events::Event;
 use serde::Deserialize;
 
 pub use nectar_core::events::ERASURE;
+
+pub mod projection;
+
+use projection::Fields;
 
 /// The `[route]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +61,10 @@ pub struct RuleError {
 pub struct Router {
     rules: Vec<Rule>,
     erasure_sinks: Vec<String>,
+    /// The standard environment, built once (building it is far dearer than a rule).
+    env: Arc<Env>,
+    /// What the rules read of the event, with the envelope's id and type.
+    fields: Fields,
 }
 
 impl std::fmt::Debug for Router {
@@ -95,12 +107,9 @@ impl Router {
             }
             match Program::compile(&rule.when) {
                 Ok(program) => {
-                    let unknown: Vec<_> = program
-                        .references()
-                        .variables()
+                    let unknown: Vec<_> = projection::free_variables(program.expression())
                         .into_iter()
-                        .filter(|v| *v != "event")
-                        .map(str::to_owned)
+                        .filter(|v| v != projection::ROOT)
                         .collect();
                     if unknown.is_empty() {
                         rules.push(Rule {
@@ -124,9 +133,17 @@ impl Router {
             }
         }
         if errors.is_empty() {
+            let mut fields = Fields::default();
+            fields.add(&["envelope", "event_id"]);
+            fields.add(&["envelope", "event_type"]);
+            for rule in &rules {
+                fields.add_expression(rule.program.expression());
+            }
             Ok(Self {
                 rules,
                 erasure_sinks: config.erasure_sinks.clone(),
+                env: Arc::new(Env::stdlib()),
+                fields,
             })
         } else {
             Err(errors)
@@ -142,23 +159,38 @@ impl Router {
             .collect()
     }
 
-    /// The sinks `event` goes to, the rules that matched, and the rules that failed on it (a
-    /// failing rule counts as not matching).
-    pub fn route(&self, event: &Event) -> (BTreeSet<String>, Vec<String>, Vec<RuleError>) {
+    /// The fields the rules read (and the envelope's `event_id` and `event_type`): what
+    /// [`route_value`](Self::route_value) needs of an event.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// [`route_value`](Self::route_value) of a whole decoded event.
+    pub fn route(&self, event: &Event) -> Routed {
+        match cel::to_value(event) {
+            Ok(value) => self.route_value(value),
+            Err(e) => Routed {
+                failed: vec![RuleError {
+                    rule: "*".into(),
+                    message: format!("the event cannot be evaluated: {e}"),
+                }],
+                ..Routed::default()
+            },
+        }
+    }
+
+    /// The sinks `event` (a CEL map holding at least [`fields`](Self::fields)) goes to, the
+    /// rules that matched, and the rules that failed on it (a failing rule counts as not
+    /// matching).
+    pub fn route_value(&self, event: Value) -> Routed {
         let mut sinks = BTreeSet::new();
         let mut matched = Vec::new();
         let mut failed = Vec::new();
-        if event.is_erasure() {
+        if envelope_str(&event, "event_type") == Some(ERASURE) {
             sinks.extend(self.erasure_sinks.iter().cloned());
         }
-        let mut context = Context::default();
-        if let Err(e) = context.add_variable("event", event) {
-            failed.push(RuleError {
-                rule: "*".into(),
-                message: format!("the event cannot be evaluated: {e}"),
-            });
-            return (sinks, matched, failed);
-        }
+        let mut context = Context::with_env(self.env.clone());
+        context.add_variable_from_value(projection::ROOT, event);
         for rule in &self.rules {
             match rule.program.execute(&context) {
                 Ok(Value::Bool(true)) => {
@@ -176,7 +208,29 @@ impl Router {
                 }),
             }
         }
-        (sinks, matched, failed)
+        Routed { sinks, matched, failed }
+    }
+}
+
+/// Where an event goes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routed {
+    pub sinks: BTreeSet<String>,
+    /// The rules that matched, in configuration order.
+    pub matched: Vec<String>,
+    pub failed: Vec<RuleError>,
+}
+
+/// `event.envelope.<field>` of a CEL event map, if it is a string.
+pub fn envelope_str<'a>(event: &'a Value, field: &str) -> Option<&'a str> {
+    use cel::objects::KeyRef;
+    let Value::Map(event) = event else { return None };
+    let Some(Value::Map(envelope)) = event.get(&KeyRef::String("envelope")) else {
+        return None;
+    };
+    match envelope.get(&KeyRef::String(field)) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
     }
 }
 
@@ -234,7 +288,7 @@ mod tests {
     }
 
     fn sinks(router: &Router, e: &Event) -> Vec<String> {
-        router.route(e).0.into_iter().collect()
+        router.route(e).sinks.into_iter().collect()
     }
 
     #[test]
@@ -288,9 +342,9 @@ mod tests {
             rules: vec![rule("no-null-check", "event.score.value > 1.0", &["slack"])],
         })
         .expect("valid");
-        let (sinks, _, failed) = router.route(&event("lead.captured", None));
-        assert!(sinks.is_empty());
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].rule, "no-null-check");
+        let routed = router.route(&event("lead.captured", None));
+        assert!(routed.sinks.is_empty());
+        assert_eq!(routed.failed.len(), 1);
+        assert_eq!(routed.failed[0].rule, "no-null-check");
     }
 }

@@ -1,19 +1,19 @@
 //! `nectar-route`: scored events in, one copy per matching sink out on
 //! `nectar.deliver.<sink>`, exactly once. The value is copied byte for byte: the same
 //! `io.nectar.Event` schema id, registered under every delivery topic's subject at start.
+//! Only the fields the rules read are decoded (`nectar_route::projection`).
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use nectar_core::config::{AdminConfig, KafkaConfig, LogConfig, RegistryConfig, Validate};
-use nectar_core::events::Event;
+use nectar_core::config::Validate;
 use nectar_core::kafka::{TopicSpec, ensure_topics};
-use nectar_core::processor::{
-    InputRecord, LoopSettings, Output, ProcessError, Processor, ProcessorConfig, codec_error, event_headers,
-};
+use nectar_core::processor::{InputRecord, LoopSettings, Output, ProcessError, Processor, codec_error, event_headers};
 use nectar_core::schema::{self, Codec};
 use nectar_core::service::{Binary, ProcessorServiceConfig};
-use nectar_route::{RouteConfig, Router};
+use nectar_route::projection::Projector;
+use nectar_route::{RouteConfig, Router, envelope_str};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 
@@ -21,18 +21,14 @@ const DEFAULTS: &str = include_str!("../default.toml");
 /// Header naming the rules that sent the event to this sink.
 pub const RULES_HEADER: &str = "nectar-route-rules";
 
+/// route's own sections.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    kafka: KafkaConfig,
-    schema_registry: RegistryConfig,
-    admin: AdminConfig,
-    #[serde(default)]
-    log: LogConfig,
-    processor: ProcessorConfig,
+struct Own {
     topics: Topics,
     route: RouteConfig,
 }
+
+type Config = ProcessorServiceConfig<Own>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,27 +38,8 @@ struct Topics {
     create_partitions: i32,
 }
 
-impl nectar_core::service::ServiceConfig for Config {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
-
-impl ProcessorServiceConfig for Config {
-    fn kafka(&self) -> &KafkaConfig {
-        &self.kafka
-    }
-    fn processor(&self) -> &ProcessorConfig {
-        &self.processor
-    }
-}
-
-impl Validate for Config {
+impl Validate for Own {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.kafka.validate(errors);
-        self.schema_registry.validate(errors);
-        self.log.validate(errors);
-        self.processor.validate(errors);
         if let Err(rule_errors) = Router::new(&self.route) {
             errors.extend(rule_errors);
         }
@@ -72,6 +49,8 @@ impl Validate for Config {
 struct Route {
     router: Router,
     codec: Arc<Codec>,
+    /// The rules' fields, compiled against each writer schema seen (by id).
+    projectors: HashMap<u32, Arc<Projector>>,
     prefix: String,
     routed: IntCounterVec,
     unrouted: IntCounter,
@@ -84,27 +63,24 @@ impl Processor for Route {
             .payload
             .as_deref()
             .ok_or_else(|| ProcessError::Reject("the record has no value".into()))?;
-        let event: Event = self
-            .codec
-            .decode(payload)
-            .await
-            .map_err(|e| codec_error("cannot decode the event", e))?;
-        let (sinks, matched, failed) = self.router.route(&event);
-        for failure in &failed {
-            tracing::debug!(
-                rule = failure.rule,
-                event_id = event.envelope.event_id,
-                error = failure.message,
-                "rule failed"
-            );
+        let (schema_id, datum) = schema::split_frame(payload).map_err(|e| codec_error("cannot decode the event", e))?;
+        let projector = self.projector(schema_id).await?;
+        let event = projector
+            .read(datum)
+            .map_err(|e| ProcessError::Reject(format!("cannot decode the event: {e}")))?;
+        let event_id = envelope_str(&event, "event_id").unwrap_or_default().to_owned();
+        let routed = self.router.route_value(event);
+        for failure in &routed.failed {
+            tracing::debug!(rule = failure.rule, event_id, error = failure.message, "rule failed");
             self.rule_errors.with_label_values(&[&failure.rule]).inc();
         }
-        if sinks.is_empty() {
+        if routed.sinks.is_empty() {
             self.unrouted.inc();
         }
-        let mut headers = event_headers(record, &event.envelope.event_id);
-        headers.push((RULES_HEADER.to_owned(), matched.join(",").into_bytes()));
-        Ok(sinks
+        let mut headers = event_headers(record, &event_id);
+        headers.push((RULES_HEADER.to_owned(), routed.matched.join(",").into_bytes()));
+        Ok(routed
+            .sinks
             .into_iter()
             .map(|sink| {
                 self.routed.with_label_values(&[&sink]).inc();
@@ -120,6 +96,34 @@ impl Processor for Route {
     }
 }
 
+impl Route {
+    /// The projector of the rules' fields for writer schema `id`, compiled on first use.
+    async fn projector(&mut self, id: u32) -> Result<Arc<Projector>, ProcessError> {
+        if let Some(projector) = self.projectors.get(&id) {
+            return Ok(projector.clone());
+        }
+        let writer = self
+            .codec
+            .writer_schema(id)
+            .await
+            .map_err(|e| codec_error(&format!("cannot read writer schema {id}"), e))?;
+        let name = writer.name().map(|n| n.fullname(None));
+        if name.as_deref() != Some(schema::EVENT.name) {
+            return Err(ProcessError::Reject(format!(
+                "writer schema {id} is {}, not {}",
+                name.as_deref().unwrap_or("unnamed"),
+                schema::EVENT.name
+            )));
+        }
+        let projector = Arc::new(
+            Projector::new(&writer, self.router.fields())
+                .map_err(|e| ProcessError::Reject(format!("writer schema {id}: {e}")))?,
+        );
+        self.projectors.insert(id, projector.clone());
+        Ok(projector)
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let binary = Binary {
@@ -131,16 +135,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let router = Router::new(&config.route).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let Own {
+        topics: topic_config,
+        route,
+    } = config.own;
+    let router = Router::new(&route).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let topics: Vec<String> = router
         .all_sinks()
         .iter()
-        .map(|s| format!("{}{s}", config.topics.deliver_prefix))
+        .map(|s| format!("{}{s}", topic_config.deliver_prefix))
         .collect();
-    if config.topics.create_partitions > 0 {
+    if topic_config.create_partitions > 0 {
         let specs: Vec<TopicSpec> = topics
             .iter()
-            .map(|t| TopicSpec::new(t.as_str(), config.topics.create_partitions))
+            .map(|t| TopicSpec::new(t.as_str(), topic_config.create_partitions))
             .collect();
         ensure_topics(&config.kafka, &specs).await?;
     }
@@ -172,7 +180,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let processor = Route {
         router,
         codec,
-        prefix: config.topics.deliver_prefix,
+        projectors: HashMap::new(),
+        prefix: topic_config.deliver_prefix,
         routed,
         unrouted,
         rule_errors,
@@ -181,7 +190,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         name: "route".into(),
         kafka: config.kafka,
         processor: config.processor,
-        inputs: vec![config.topics.input],
+        inputs: vec![topic_config.input],
     };
     nectar_core::processor::run_service(settings, config.admin.listen, processor, registry).await
 }
