@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects, post_schema};
 use schema_registry_converter::error::SRCError;
@@ -181,6 +183,22 @@ pub struct Codec {
     http: reqwest::Client,
     config: RegistryConfig,
     strategies: RwLock<HashMap<(String, &'static str), Arc<SubjectNameStrategy>>>,
+    /// Per topic and schema, once the registry has given its id: the id and a writer for the
+    /// registry's schema of that id, so later records are written straight from serde.
+    writers: RwLock<HashMap<(String, &'static str), KnownWriter>>,
+    /// Per writer schema id: a reader that deserializes straight into the caller's type.
+    readers: RwLock<HashMap<u32, &'static GenericDatumReader<'static>>>,
+}
+
+/// A registry schema id and a writer for the registry's schema of that id.
+type KnownWriter = (u32, &'static GenericDatumWriter<'static>);
+
+/// A schema kept for the life of the process, so readers and writers can borrow it: one per
+/// schema id the process meets (a handful), never freed. The Avro library's readers and
+/// writers borrow their schema, and building one per record (resolving the schema's names)
+/// cost as much as the record itself.
+fn keep(schema: Schema) -> &'static Schema {
+    Box::leak(Box::new(schema))
 }
 
 impl std::fmt::Debug for Codec {
@@ -211,6 +229,8 @@ impl Codec {
             http: reqwest::Client::builder().timeout(timeout).build()?,
             config: config.clone(),
             strategies: RwLock::default(),
+            writers: RwLock::default(),
+            readers: RwLock::default(),
         })
     }
 
@@ -280,19 +300,51 @@ impl Codec {
     }
 
     /// Encode `item` for `topic` in Confluent wire format.
+    ///
+    /// The first record of a topic and schema goes through the registry client (registering
+    /// or looking up the subject's schema); its id and the registry's schema of that id are
+    /// then kept, and later records are written with them directly: the client cloned the
+    /// subject strategy, schema text included, for every record.
     pub async fn encode<T: Serialize>(
         &self,
         topic: &str,
         schema: &EventSchema,
         item: &T,
     ) -> Result<Vec<u8>, CodecError> {
+        let key = (topic.to_owned(), schema.name);
+        let known = self
+            .writers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some((id, writer)) = known {
+            let mut bytes = Vec::with_capacity(512);
+            bytes.push(0);
+            bytes.extend_from_slice(&id.to_be_bytes());
+            writer
+                .write_ser(&mut bytes, item)
+                .map_err(|e| CodecError::Invalid(format!("{} does not fit {}: {e}", schema.name, schema.name)))?;
+            return Ok(bytes);
+        }
         let strategy = self.strategy(topic, schema);
         let result = self.encoder.encode_struct(item, &strategy).await;
         if result.as_ref().is_err_and(|e| e.cached) {
             // Do not keep a refusal forever: the registry may be fixed without a restart.
             self.encoder.remove_errors_from_cache();
         }
-        Ok(result?)
+        let bytes = result?;
+        let (id, _) = split_frame(&bytes)?;
+        let writer_schema = keep(self.decoder.get_schema(id).await?.parsed.clone());
+        let writer = GenericDatumWriter::builder(writer_schema)
+            .build()
+            .map_err(|e| CodecError::Invalid(format!("schema {id}: {e}")))?;
+        self.writers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert((id, Box::leak(Box::new(writer))));
+        Ok(bytes)
     }
 
     /// Decode a Confluent-framed value to an Avro value.
@@ -306,10 +358,36 @@ impl Codec {
         Ok(self.decoder.get_schema(id).await?.parsed.clone())
     }
 
-    /// Decode a Confluent-framed value into `T`.
+    /// Decode a Confluent-framed value into `T`, straight from the bytes with its writer
+    /// schema (fields matched by name, as `from_value` of the decoded value would).
     pub async fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        let value = self.decode_value(bytes).await?;
-        apache_avro::from_value(&value).map_err(|e| CodecError::Invalid(e.to_string()))
+        let (id, mut datum) = split_frame(bytes)?;
+        let known = self.readers.read().unwrap_or_else(|e| e.into_inner()).get(&id).copied();
+        let reader = match known {
+            Some(reader) => reader,
+            None => {
+                let schema = keep(self.decoder.get_schema(id).await?.parsed.clone());
+                let reader = GenericDatumReader::builder(schema)
+                    .build()
+                    .map_err(|e| CodecError::Invalid(format!("schema {id}: {e}")))?;
+                *self
+                    .readers
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(id)
+                    .or_insert(Box::leak(Box::new(reader)))
+            }
+        };
+        let value = reader
+            .read_deser(&mut datum)
+            .map_err(|e| CodecError::Invalid(e.to_string()))?;
+        if !datum.is_empty() {
+            return Err(CodecError::Invalid(format!(
+                "{} bytes after the value its schema ({id}) describes",
+                datum.len()
+            )));
+        }
+        Ok(value)
     }
 
     /// Whether the registry answers.
