@@ -23,6 +23,14 @@ use nectar_normalize::{NormalizeConfig, Normalizer};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 
+/// normalize allocates with mimalloc: it builds a few small strings per field of every raw
+/// record, and glibc's malloc and free were the largest single cost of its loop thread
+/// (perf: 15%). Draining 100,000 forms: 30,500-31,500 -> 36,000-41,000 events/s, CPU
+/// 2.1-2.8 -> 1.3-1.6 s. Not for every binary: the others gained nothing measurable and
+/// mimalloc keeps more memory (enrich's peak RSS 90 -> 120 MiB).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULTS: &str = include_str!("../default.toml");
 
 /// normalize's own sections.
