@@ -343,6 +343,11 @@ pub fn load<T: DeserializeOwned + Validate>(defaults: &str, path: Option<&Path>)
 
 pub fn from_figment<T: DeserializeOwned + Validate>(figment: Figment) -> Result<T, ConfigError> {
     let config: T = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    validated(config)
+}
+
+/// `config` if [`Validate`] finds nothing wrong with it, else every problem it found.
+pub fn validated<T: Validate>(config: T) -> Result<T, ConfigError> {
     let mut errors = Vec::new();
     config.validate(&mut errors);
     if errors.is_empty() {
@@ -355,7 +360,7 @@ pub fn from_figment<T: DeserializeOwned + Validate>(figment: Figment) -> Result<
 #[cfg(test)]
 // figment::Jail's closures return figment::Error, which is large by design.
 #[allow(clippy::result_large_err)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     type TestConfig = CommonConfig;
@@ -369,7 +374,8 @@ mod tests {
         });
     }
 
-    const DEFAULTS: &str = r#"
+    /// The sections every service has, valid, for the tests of configurations that hold them.
+    pub(crate) const DEFAULTS: &str = r#"
         [kafka]
         bootstrap_servers = "127.0.0.1:9092"
         [schema_registry]

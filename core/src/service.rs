@@ -99,21 +99,14 @@ pub fn processor_config_from<S: DeserializeOwned + Validate>(
     }
     let shared: SharedSections = figment.extract().map_err(parse)?;
     let own: S = figment.extract().map_err(parse)?;
-    let config = ProcessorServiceConfig {
+    crate::config::validated(ProcessorServiceConfig {
         kafka: shared.kafka,
         schema_registry: shared.schema_registry,
         admin: shared.admin,
         log: shared.log,
         processor: shared.processor,
         own,
-    };
-    let mut errors = Vec::new();
-    config.validate(&mut errors);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid(errors))
-    }
+    })
 }
 
 /// A processor binary: its name, `--help` line and embedded `default.toml`.
@@ -208,25 +201,13 @@ where
 mod tests {
     use super::*;
 
-    const DEFAULTS: &str = r#"
-        [kafka]
-        bootstrap_servers = "127.0.0.1:9092"
-        [schema_registry]
-        url = "http://127.0.0.1:8081/apis/ccompat/v7"
-        [admin]
-        listen = "127.0.0.1:9090"
-        [processor]
-        group_id = "nectar-test"
-        max_batch = 500
-        commit_interval_ms = 100
-        transaction_timeout_ms = 60000
-        call_timeout_ms = 30000
-        dlq_topic = "nectar.dlq.test"
-        [topics]
-        input = "in"
-        [rules]
-        threshold = 5
-    "#;
+    fn defaults() -> String {
+        format!(
+            "{}\n[processor]\n{}\n[topics]\ninput = \"in\"\n[rules]\nthreshold = 5\n",
+            crate::config::tests::DEFAULTS,
+            crate::processor::tests::SECTION
+        )
+    }
 
     #[derive(Debug, Deserialize)]
     struct Own {
@@ -263,7 +244,8 @@ mod tests {
             for (k, v) in env {
                 jail.set_env(k, v);
             }
-            result = load_processor_config::<Own>(DEFAULTS, Some(Path::new("nectar.toml"))).map_err(|e| e.to_string());
+            result =
+                load_processor_config::<Own>(&defaults(), Some(Path::new("nectar.toml"))).map_err(|e| e.to_string());
             Ok(())
         });
         result

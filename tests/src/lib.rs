@@ -371,6 +371,50 @@ pub async fn count_records(topic: &str) -> i64 {
 }
 
 /// Total records over the three raw topics.
+/// Produce `events` to `topic` as `io.nectar.Event` (registered under the topic, encoded
+/// by the codec), each keyed by `key`, a thousand sends in flight at a time; every send is
+/// acknowledged before this returns.
+pub async fn produce_events(
+    topic: &str,
+    events: &[nectar_core::events::Event],
+    key: impl Fn(&nectar_core::events::Event) -> String,
+) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let codec = codec();
+    codec
+        .register(topic, &nectar_core::schema::EVENT)
+        .await
+        .expect("event schema registered");
+    let producer: FutureProducer =
+        nectar_core::kafka::idempotent_producer(&kafka_config(), "nectar-tests").expect("producer");
+    for chunk in events.chunks(1000) {
+        let mut payloads = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            payloads.push(
+                codec
+                    .encode(topic, &nectar_core::schema::EVENT, event)
+                    .await
+                    .expect("encode"),
+            );
+        }
+        let sends = chunk.iter().zip(&payloads).map(|(event, payload)| {
+            let key = key(event);
+            let producer = producer.clone();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("sent");
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+}
+
 pub async fn count_raw(topics: &RawTopics) -> i64 {
     count_records(&topics.forms).await + count_records(&topics.webhooks).await + count_records(&topics.apps).await
 }

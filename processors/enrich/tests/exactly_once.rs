@@ -3,15 +3,11 @@
 //! exactly once, with its derived facts. Needs the local stack.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use nectar_core::events::{Context, Envelope, Event, Person};
-use nectar_core::schema;
 use nectar_tests::{
-    ServiceProcess, StageTopics, assert_exactly_once, codec, kafka_config, processor_env, read_topic, wait_caught_up,
+    ServiceProcess, StageTopics, assert_exactly_once, codec, processor_env, produce_events, read_topic, wait_caught_up,
 };
-
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const EVENTS: usize = 10_000;
 
@@ -23,10 +19,6 @@ async fn sigkill_at_random_moments_enriches_every_event_once() {
         dlq,
         group,
     } = StageTopics::create("enrich").await;
-    let codec = codec();
-    codec.register(&input, &schema::EVENT).await.expect("schema");
-    let producer: FutureProducer =
-        nectar_core::kafka::idempotent_producer(&kafka_config(), "enrich-test").expect("producer");
     let events: Vec<Event> = (0..EVENTS)
         .map(|i| {
             let email = if i % 2 == 0 {
@@ -57,27 +49,7 @@ async fn sigkill_at_random_moments_enriches_every_event_once() {
             e
         })
         .collect();
-    for chunk in events.chunks(1000) {
-        let mut payloads = Vec::new();
-        for e in chunk {
-            payloads.push(codec.encode(&input, &schema::EVENT, e).await.expect("encode"));
-        }
-        let sends = chunk.iter().zip(&payloads).map(|(e, payload)| {
-            let (producer, input) = (producer.clone(), input.clone());
-            let key = e.envelope.lead_key.clone().expect("lead key");
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&input).key(&key).payload(payload),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("sent");
-            }
-        });
-        futures::future::join_all(sends).await;
-    }
+    produce_events(&input, &events, |e| e.envelope.lead_key.clone().expect("lead key")).await;
 
     let env = processor_env(
         &group,
@@ -92,6 +64,7 @@ async fn sigkill_at_random_moments_enriches_every_event_once() {
 
     let records = read_topic(&output, EVENTS).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
+    let codec = codec();
     for r in &records {
         let event: Event = codec.decode(&r.payload).await.expect("enriched event decodes");
         let enrichment = event.enrichment.as_ref().expect("enriched");

@@ -353,6 +353,15 @@ fn blocks(input: &mut &[u8], mut item: impl FnMut(&mut &[u8]) -> Result<(), Stri
     }
 }
 
+/// The branch a union value takes (its index comes first).
+fn variant<'a>(variants: &'a [Node], input: &mut &[u8]) -> Result<&'a Node, String> {
+    let i = long(input)?;
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| variants.get(i))
+        .ok_or_else(|| format!("union index {i} out of range"))
+}
+
 fn read(node: &Node, input: &mut &[u8]) -> Result<Value, String> {
     Ok(match node {
         Node::Null => Value::Null,
@@ -390,14 +399,7 @@ fn read(node: &Node, input: &mut &[u8]) -> Result<Value, String> {
             })?;
             Value::Map(Map { map: Arc::new(map) })
         }
-        Node::Union(variants) => {
-            let i = long(input)?;
-            let variant = usize::try_from(i)
-                .ok()
-                .and_then(|i| variants.get(i))
-                .ok_or_else(|| format!("union index {i} out of range"))?;
-            read(variant, input)?
-        }
+        Node::Union(variants) => read(variant(variants, input)?, input)?,
         Node::Record { fields, missing } => {
             let mut map = HashMap::with_capacity(fields.len() + missing.len());
             for (name, field) in fields {
@@ -444,14 +446,7 @@ fn skip(node: &Node, input: &mut &[u8]) -> Result<(), String> {
             take(input, n)?;
             skip(value, input)
         })?,
-        Node::Union(variants) => {
-            let i = long(input)?;
-            let variant = usize::try_from(i)
-                .ok()
-                .and_then(|i| variants.get(i))
-                .ok_or_else(|| format!("union index {i} out of range"))?;
-            skip(variant, input)?;
-        }
+        Node::Union(variants) => skip(variant(variants, input)?, input)?,
         Node::Record { fields, .. } => {
             for (_, field) in fields {
                 skip(field, input)?;

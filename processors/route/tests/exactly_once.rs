@@ -9,13 +9,12 @@ use std::time::Duration;
 use nectar_core::events::{Envelope, Event, LeadScore};
 use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::processor::{PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_COMMIT_LOG};
-use nectar_core::schema;
 use nectar_route::{ERASURE, RouteConfig, Router};
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, read_topic, unique, wait_caught_up,
+    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, produce_events, read_topic, unique,
+    wait_caught_up,
 };
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const EVENTS: usize = 8_000;
 
@@ -62,10 +61,6 @@ impl Fixture {
         specs.extend(sinks.iter().map(|s| TopicSpec::new(format!("{prefix}{s}"), 3)));
         ensure_topics(&kafka_config(), &specs).await.expect("topics");
 
-        let codec = codec();
-        codec.register(&input, &schema::EVENT).await.expect("schema");
-        let producer: FutureProducer =
-            nectar_core::kafka::idempotent_producer(&kafka_config(), "route-test").expect("producer");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let types = [
             "lead.captured",
@@ -98,34 +93,18 @@ impl Fixture {
             })
             .collect();
         let mut expected: HashMap<String, Vec<String>> = HashMap::new();
-        for chunk in events.chunks(1000) {
-            let mut payloads = Vec::new();
-            for e in chunk {
-                payloads.push(codec.encode(&input, &schema::EVENT, e).await.expect("encode"));
-                for sink in router.route(e).sinks {
-                    expected.entry(sink).or_default().push(e.envelope.event_id.clone());
-                }
+        for e in &events {
+            for sink in router.route(e).sinks {
+                expected.entry(sink).or_default().push(e.envelope.event_id.clone());
             }
-            let sends = chunk.iter().zip(&payloads).map(|(e, payload)| {
-                let (producer, input) = (producer.clone(), input.clone());
-                let key = e
-                    .envelope
-                    .lead_key
-                    .clone()
-                    .unwrap_or_else(|| e.envelope.event_id.clone());
-                async move {
-                    producer
-                        .send(
-                            FutureRecord::to(&input).key(&key).payload(payload),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .map_err(|(e, _)| e)
-                        .expect("sent");
-                }
-            });
-            futures::future::join_all(sends).await;
         }
+        produce_events(&input, &events, |e| {
+            e.envelope
+                .lead_key
+                .clone()
+                .unwrap_or_else(|| e.envelope.event_id.clone())
+        })
+        .await;
         assert_eq!(
             expected.keys().cloned().collect::<BTreeSet<_>>(),
             sinks,
@@ -152,6 +131,12 @@ impl Fixture {
         )
     }
 
+    /// Wait until `process` has committed the whole input, then stop it gracefully.
+    async fn finish(&self, process: &mut ServiceProcess) {
+        wait_caught_up(&self.group, std::slice::from_ref(&self.input), &mut [process]).await;
+        assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
+    }
+
     /// Each delivery topic holds exactly the events the rules send its sink, each once.
     async fn assert_each_sink_got_its_events_once(&self) {
         let codec = codec();
@@ -172,13 +157,7 @@ async fn sigkill_at_random_moments_delivers_each_routed_event_once_per_sink() {
     let fixture = Fixture::new(EVENTS, 11).await;
     let mut process = fixture.process(&[]);
     process.kill_at_random_moments(4, 600..2000).await;
-    wait_caught_up(
-        &fixture.group,
-        std::slice::from_ref(&fixture.input),
-        &mut [&mut process],
-    )
-    .await;
-    assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
+    fixture.finish(&mut process).await;
     fixture.assert_each_sink_got_its_events_once().await;
 }
 
@@ -198,13 +177,7 @@ async fn sigkill_between_sending_offsets_and_committing_delivers_each_event_once
     }
     process.set_env(PAUSE_BEFORE_COMMIT_ENV, None);
     process.restart();
-    wait_caught_up(
-        &fixture.group,
-        std::slice::from_ref(&fixture.input),
-        &mut [&mut process],
-    )
-    .await;
-    assert!(process.terminate().success(), "graceful stop:\n{}", process.log());
+    fixture.finish(&mut process).await;
     let killed_mid_commit = process.log().matches(PAUSE_BEFORE_COMMIT_LOG).count();
     assert_eq!(
         killed_mid_commit,

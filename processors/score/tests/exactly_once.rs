@@ -13,8 +13,8 @@ use nectar_core::kafka::{TopicSpec, ensure_topics};
 use nectar_core::schema;
 use nectar_score::{STAGE_CHANGED, ScoreModel, ScoreRules};
 use nectar_tests::{
-    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, read_topic, unique, wait_both_assigned,
-    wait_caught_up,
+    ServiceProcess, assert_exactly_once, codec, kafka_config, processor_env, produce_events, read_topic, unique,
+    wait_both_assigned, wait_caught_up,
 };
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -88,10 +88,6 @@ fn env(run: &Run, instance: &str) -> Vec<(String, String)> {
 
 /// Produce enriched events for `LEADS` leads; returns them.
 async fn produce_input(run: &Run) -> Vec<Event> {
-    let codec = codec();
-    codec.register(&run.input, &schema::EVENT).await.expect("schema");
-    let producer: FutureProducer =
-        nectar_core::kafka::idempotent_producer(&kafka_config(), "score-test").expect("producer");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let types = [
         "lead.captured",
@@ -127,28 +123,7 @@ async fn produce_input(run: &Run) -> Vec<Event> {
             event
         })
         .collect();
-    for chunk in events.chunks(1000) {
-        let mut encoded = Vec::with_capacity(chunk.len());
-        for event in chunk {
-            encoded.push(codec.encode(&run.input, &schema::EVENT, event).await.expect("encode"));
-        }
-        let sends = chunk.iter().zip(&encoded).map(|(event, payload)| {
-            let key = event.envelope.lead_key.clone().expect("lead key");
-            let producer = producer.clone();
-            let input = run.input.clone();
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&input).key(&key).payload(payload),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("sent");
-            }
-        });
-        futures::future::join_all(sends).await;
-    }
+    produce_events(&run.input, &events, |e| e.envelope.lead_key.clone().expect("lead key")).await;
     events
 }
 
