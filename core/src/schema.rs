@@ -185,7 +185,8 @@ pub struct Codec {
     strategies: RwLock<HashMap<(String, &'static str), Arc<SubjectNameStrategy>>>,
     /// Per topic and schema, once the registry has given its id: the id and a writer for the
     /// registry's schema of that id, so later records are written straight from serde.
-    writers: RwLock<HashMap<(String, &'static str), KnownWriter>>,
+    /// By topic, then schema name: the lookup of every record allocates nothing.
+    writers: RwLock<HashMap<String, HashMap<&'static str, KnownWriter>>>,
     /// Per writer schema id: a reader that deserializes straight into the caller's type.
     readers: RwLock<HashMap<u32, &'static GenericDatumReader<'static>>>,
 }
@@ -311,20 +312,20 @@ impl Codec {
         schema: &EventSchema,
         item: &T,
     ) -> Result<Vec<u8>, CodecError> {
-        let key = (topic.to_owned(), schema.name);
         let known = self
             .writers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(topic)
+            .and_then(|by_schema| by_schema.get(schema.name))
             .copied();
         if let Some((id, writer)) = known {
             let mut bytes = Vec::with_capacity(512);
             bytes.push(0);
             bytes.extend_from_slice(&id.to_be_bytes());
-            writer
-                .write_ser(&mut bytes, item)
-                .map_err(|e| CodecError::Invalid(format!("{} does not fit {}: {e}", schema.name, schema.name)))?;
+            writer.write_ser(&mut bytes, item).map_err(|e| {
+                CodecError::Invalid(format!("the value does not fit {} (schema {id}): {e}", schema.name))
+            })?;
             return Ok(bytes);
         }
         let strategy = self.strategy(topic, schema);
@@ -335,14 +336,15 @@ impl Codec {
         }
         let bytes = result?;
         let (id, _) = split_frame(&bytes)?;
-        let writer_schema = keep(self.decoder.get_schema(id).await?.parsed.clone());
-        let writer = GenericDatumWriter::builder(writer_schema)
+        let writer = GenericDatumWriter::builder(keep(self.writer_schema(id).await?))
             .build()
             .map_err(|e| CodecError::Invalid(format!("schema {id}: {e}")))?;
         self.writers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(schema.name)
             .or_insert((id, Box::leak(Box::new(writer))));
         Ok(bytes)
     }
@@ -366,8 +368,7 @@ impl Codec {
         let reader = match known {
             Some(reader) => reader,
             None => {
-                let schema = keep(self.decoder.get_schema(id).await?.parsed.clone());
-                let reader = GenericDatumReader::builder(schema)
+                let reader = GenericDatumReader::builder(keep(self.writer_schema(id).await?))
                     .build()
                     .map_err(|e| CodecError::Invalid(format!("schema {id}: {e}")))?;
                 *self

@@ -55,8 +55,6 @@ struct SharedSections {
     processor: ProcessorConfig,
 }
 
-const SHARED_SECTIONS: [&str; 5] = ["kafka", "schema_registry", "admin", "log", "processor"];
-
 impl<S: Validate> Validate for ProcessorServiceConfig<S> {
     fn validate(&self, errors: &mut Vec<String>) {
         self.kafka.validate(errors);
@@ -75,24 +73,19 @@ pub fn load_processor_config<S: DeserializeOwned + Validate>(
     defaults: &str,
     path: Option<&Path>,
 ) -> Result<ProcessorServiceConfig<S>, ConfigError> {
-    processor_config_from(crate::config::figment(defaults, path))
-}
-
-/// [`load_processor_config`] over a figment already built.
-pub fn processor_config_from<S: DeserializeOwned + Validate>(
-    figment: figment::Figment,
-) -> Result<ProcessorServiceConfig<S>, ConfigError> {
+    let figment = crate::config::figment(defaults, path);
     let parse = |e: figment::Error| ConfigError::Parse(Box::new(e));
     let sections: std::collections::BTreeMap<String, serde::de::IgnoredAny> = figment.extract().map_err(parse)?;
-    let own_sections = crate::config::struct_fields::<S>();
+    let mut known: Vec<&str> = crate::config::struct_fields::<SharedSections>()
+        .iter()
+        .chain(crate::config::struct_fields::<S>())
+        .copied()
+        .collect();
+    known.sort_unstable();
     let unknown: Vec<String> = sections
         .keys()
-        .filter(|k| !SHARED_SECTIONS.contains(&k.as_str()) && !own_sections.contains(&k.as_str()))
-        .map(|k| {
-            let mut expected: Vec<&str> = SHARED_SECTIONS.iter().chain(own_sections).copied().collect();
-            expected.sort_unstable();
-            format!("{k}: unknown section, expected one of {}", expected.join(", "))
-        })
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| format!("{k}: unknown section, expected one of {}", known.join(", ")))
         .collect();
     if !unknown.is_empty() {
         return Err(ConfigError::Invalid(unknown));

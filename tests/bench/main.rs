@@ -83,14 +83,13 @@ impl Drop for Service {
     }
 }
 
-impl Service {
-    fn peak_rss_kib(&self) -> Option<u64> {
-        proc_status_kib(self.child.id(), "VmHWM")
-    }
-}
-
 /// A memory figure of process `pid` from `/proc/<pid>/status`, in KiB: `VmHWM` (peak RSS) or
 /// `VmRSS` (RSS now).
+/// Peak RSS (`VmHWM`) of process `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_kib(pid, "VmHWM").map(|k| k as f64 / 1024.0)
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -340,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(args.duration),
         )
         .await;
-        let rss = service.peak_rss_kib();
+        let rss = peak_rss_mib(service.child.id());
         drop(service);
 
         // Same record size as what ingest wrote: the average value size on the topic.
@@ -361,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
             ms(h.value_at_quantile(0.99)),
             ms(h.value_at_quantile(0.999)),
             result.errors,
-            rss.map_or_else(|| "?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            rss.map_or_else(|| "?".to_owned(), |m| format!("{m:.1}")),
             perf.records_per_sec,
             perf.p50_ms,
             perf.p99_ms,

@@ -149,11 +149,16 @@ async fn produce(producer: &NectarProducer, forms: &[FormSubmitted]) {
 
 /// Records per second over the span of the records' timestamps.
 fn rate(records: &[Record]) -> f64 {
-    let stamps: Vec<i64> = records.iter().filter_map(|r| r.timestamp).collect();
-    let (Some(first), Some(last)) = (stamps.iter().min(), stamps.iter().max()) else {
+    per_second(records.len(), records.iter().filter_map(|r| r.timestamp))
+}
+
+/// `count` over the span of `stamps` (milliseconds), per second.
+fn per_second(count: usize, stamps: impl Iterator<Item = i64>) -> f64 {
+    let (first, last) = stamps.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    if first > last {
         return f64::NAN;
-    };
-    records.len() as f64 / ((last - first).max(1) as f64 / 1000.0)
+    }
+    count as f64 / ((last - first).max(1) as f64 / 1000.0)
 }
 
 fn kafka_tool(stack: &Path, class: &str, args: &[String]) -> String {
@@ -284,7 +289,7 @@ impl Peer {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        super::proc_status_kib(self.child.id(), "VmHWM").map_or(f64::NAN, |k| k as f64 / 1024.0)
+        super::peak_rss_mib(self.child.id()).unwrap_or(f64::NAN)
     }
 }
 
@@ -341,10 +346,7 @@ async fn peer_rate(
     }
     let rss = peer.peak_rss_mib();
     drop(peer);
-    let (Some(first), Some(last)) = (stamps.iter().min(), stamps.iter().max()) else {
-        return Ok((f64::NAN, rss));
-    };
-    Ok((events as f64 / ((last - first).max(1) as f64 / 1000.0), rss))
+    Ok((per_second(events, stamps.into_iter()), rss))
 }
 
 /// Latency from each measured form's raw timestamp to its record's timestamp on `out`.
@@ -376,10 +378,6 @@ async fn produce_steadily(producer: &NectarProducer, forms: &[FormSubmitted], ra
         produce(producer, chunk).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn mib(kib: Option<u64>) -> f64 {
-    kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
 }
 
 pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
@@ -512,12 +510,15 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
         let producer_rate = producer_perf(&stack, &perf_topic, args.events.max(50_000), size);
         // route is measured against the peer's fan-out to 5 topics (route's shipped rules send
         // each event to 2-5 sinks), the others against its pass-through.
-        let (outputs, target) = if *name == "route" { (5, 1.0) } else { (1, 0.8) };
+        let (outputs, target, mode) = if *name == "route" {
+            (5, 1.0, "fan-out ×5")
+        } else {
+            (1, 0.8, "pass-through")
+        };
         let (peer_rate, rss) = peer_rate(peer, &run, name, input, outputs, args.events).await?;
-        peer_rss.push((*name, if outputs == 1 { "pass-through" } else { "fan-out ×5" }, rss));
+        peer_rss.push((*name, mode, rss));
         println!(
-            "| {name} ({size} B out) | {processor_rate:.0} | {peer_rate:.0} ({}) | {:.2} (≥ {target}) | {consumer:.0} | {producer_rate:.0} | {:.2} |",
-            if outputs == 1 { "pass-through" } else { "fan-out ×5" },
+            "| {name} ({size} B out) | {processor_rate:.0} | {peer_rate:.0} ({mode}) | {:.2} (≥ {target}) | {consumer:.0} | {producer_rate:.0} | {:.2} |",
             processor_rate / peer_rate,
             processor_rate / consumer.min(producer_rate)
         );
@@ -549,7 +550,7 @@ pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
     let rss: Vec<(&str, f64)> = stages
         .iter()
         .zip(&running)
-        .map(|((name, _, _), p)| (*name, mib(p.pid().and_then(|pid| super::proc_status_kib(pid, "VmHWM")))))
+        .map(|((name, _, _), p)| (*name, p.pid().and_then(super::peak_rss_mib).unwrap_or(f64::NAN)))
         .collect();
     drop(running);
     println!();

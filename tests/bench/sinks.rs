@@ -206,10 +206,6 @@ async fn baseline(target: &Target, events: &[Event], run: &str) -> anyhow::Resul
     }
 }
 
-fn peak_rss_mib(process: &ServiceProcess) -> Option<f64> {
-    Some(super::proc_status_kib(process.pid()?, "VmHWM")? as f64 / 1024.0)
-}
-
 /// `q`-quantile of a Prometheus histogram, interpolated within its bucket (as PromQL's
 /// `histogram_quantile`), in milliseconds.
 fn histogram_quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {
@@ -311,7 +307,7 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
     let first_count = target.count().await?;
     let last = wait_count(&target, args.events, &mut process, Duration::from_secs(900)).await?;
     let sink_rate = (args.events - first_count.min(args.events - 1)) as f64 / (last - first).as_secs_f64().max(0.001);
-    let backlog_rss = peak_rss_mib(&process);
+    let backlog_rss = process.pid().and_then(super::peak_rss_mib);
     process.terminate();
 
     // Latency: a fresh process (fresh histogram), a steady rate.
@@ -343,7 +339,7 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
     let metrics = http.get(format!("http://{admin}/metrics")).send().await?.text().await?;
     let p50 = histogram_quantile(&metrics, "nectar_sink_delivery_latency_seconds", 0.5).unwrap_or(f64::NAN);
     let p99 = histogram_quantile(&metrics, "nectar_sink_delivery_latency_seconds", 0.99).unwrap_or(f64::NAN);
-    let steady_rss = peak_rss_mib(&process);
+    let steady_rss = process.pid().and_then(super::peak_rss_mib);
     process.terminate();
 
     let rss = backlog_rss.into_iter().chain(steady_rss).fold(0.0_f64, f64::max);

@@ -687,19 +687,7 @@ impl ServiceProcess {
     pub async fn kill_at_random_moments(&mut self, times: usize, pause_ms: std::ops::Range<u64>) {
         use rand::Rng;
         for _ in 0..times {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !self.current_log().contains("partitions assigned") {
-                if let Some(status) = self.exited() {
-                    panic!("{} exited with {status}:\n{}", self.bin.display(), self.log());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} got no partitions within 120 s:\n{}",
-                    self.bin.display(),
-                    self.log()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            self.wait_logged("partitions assigned", Duration::from_secs(120)).await;
             let pause = rand::rng().random_range(pause_ms.clone());
             tokio::time::sleep(Duration::from_millis(pause)).await;
             if let Some(status) = self.exited() {

@@ -93,8 +93,8 @@ pub fn parse_key(bytes: &[u8]) -> Option<IdKey> {
 /// (another schema id, a later version of the record), which the caller decodes through the
 /// registry. A rebuild reads millions of these; this is what keeps it near Kafka's own speed.
 pub fn decode_seen(bytes: &[u8], schema_id: u32) -> Option<i64> {
-    let (header, body) = bytes.split_at_checked(5)?;
-    if header[0] != 0 || header[1..] != schema_id.to_be_bytes() {
+    let (id, body) = nectar_core::schema::split_frame(bytes).ok()?;
+    if id != schema_id {
         return None;
     }
     let mut value: u64 = 0;

@@ -401,7 +401,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("looking up {} in the registry: {e}", schema::SEEN_EVENT.name))?;
-            u32::from_be_bytes(sample[1..5].try_into()?)
+            schema::split_frame(&sample)?.0
         };
         let changelog = Changelog::new(&config.kafka, &config.own.dedup.changelog, "normalize");
         let (check, check_inputs) = (changelog.clone(), inputs.clone());

@@ -50,7 +50,7 @@ struct Route {
     router: Router,
     codec: Arc<Codec>,
     /// The rules' fields, compiled against each writer schema seen (by id).
-    projectors: HashMap<u32, Arc<Projector>>,
+    projectors: HashMap<u32, Projector>,
     prefix: String,
     routed: IntCounterVec,
     unrouted: IntCounter,
@@ -98,9 +98,9 @@ impl Processor for Route {
 
 impl Route {
     /// The projector of the rules' fields for writer schema `id`, compiled on first use.
-    async fn projector(&mut self, id: u32) -> Result<Arc<Projector>, ProcessError> {
-        if let Some(projector) = self.projectors.get(&id) {
-            return Ok(projector.clone());
+    async fn projector(&mut self, id: u32) -> Result<&Projector, ProcessError> {
+        if self.projectors.contains_key(&id) {
+            return Ok(&self.projectors[&id]);
         }
         let writer = self
             .codec
@@ -115,12 +115,9 @@ impl Route {
                 schema::EVENT.name
             )));
         }
-        let projector = Arc::new(
-            Projector::new(&writer, self.router.fields())
-                .map_err(|e| ProcessError::Reject(format!("writer schema {id}: {e}")))?,
-        );
-        self.projectors.insert(id, projector.clone());
-        Ok(projector)
+        let projector = Projector::new(&writer, self.router.fields())
+            .map_err(|e| ProcessError::Reject(format!("writer schema {id}: {e}")))?;
+        Ok(self.projectors.entry(id).or_insert(projector))
     }
 }
 

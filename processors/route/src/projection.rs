@@ -12,7 +12,7 @@
 //! defaults would make it. The values are what the full decode gives (`cel::to_value` of
 //! `io.nectar.Event`): the tests compare both on every section.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use apache_avro::Schema;
@@ -57,57 +57,43 @@ impl Fields {
 
     /// Add what `expr` reads of [`ROOT`].
     pub fn add_expression(&mut self, expr: &IdedExpr) {
-        if let Some(path) = root_path(&expr.expr) {
-            self.add(&path);
-            return;
-        }
-        match &expr.expr {
-            Expr::Select(select) => self.add_expression(&select.operand),
-            Expr::Call(call) => {
-                if let Some(target) = &call.target {
-                    self.add_expression(target);
-                }
-                for arg in &call.args {
-                    self.add_expression(arg);
-                }
-            }
-            Expr::Comprehension(c) => {
-                for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
-                    self.add_expression(e);
-                }
-            }
-            Expr::List(list) => list.elements.iter().for_each(|e| self.add_expression(e)),
-            Expr::Map(map) => map.entries.iter().for_each(|e| self.add_entry(&e.expr)),
-            Expr::Struct(s) => s.entries.iter().for_each(|e| self.add_entry(&e.expr)),
-            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        match root_path(&expr.expr) {
+            Some(path) => self.add(&path),
+            None => children(expr).into_iter().for_each(|e| self.add_expression(e)),
         }
     }
+}
 
-    fn add_entry(&mut self, entry: &EntryExpr) {
-        match entry {
-            EntryExpr::StructField(f) => self.add_expression(&f.value),
-            EntryExpr::MapEntry(e) => {
-                self.add_expression(&e.key);
-                self.add_expression(&e.value);
-            }
-        }
+/// The sub-expressions of `expr`, in evaluation order (a comprehension's: range, initial
+/// accumulator, condition, step, result).
+fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
+    match &expr.expr {
+        Expr::Select(select) => vec![&select.operand],
+        Expr::Call(call) => call.target.as_deref().into_iter().chain(&call.args).collect(),
+        Expr::Comprehension(c) => vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map.entries.iter().flat_map(|e| entry_children(&e.expr)).collect(),
+        Expr::Struct(s) => s.entries.iter().flat_map(|e| entry_children(&e.expr)).collect(),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+fn entry_children(entry: &EntryExpr) -> Vec<&IdedExpr> {
+    match entry {
+        EntryExpr::StructField(f) => vec![&f.value],
+        EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
     }
 }
 
 /// The identifiers `expr` reads that it does not bind itself (a macro's iteration and
 /// accumulator variables are bound inside it): the variables it needs from outside.
-pub fn free_variables(expr: &IdedExpr) -> std::collections::BTreeSet<String> {
-    fn walk(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut std::collections::BTreeSet<String>) {
+pub fn free_variables(expr: &IdedExpr) -> BTreeSet<String> {
+    fn walk(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut BTreeSet<String>) {
         match &expr.expr {
             Expr::Ident(name) => {
                 if !bound.contains(name) {
                     out.insert(name.clone());
                 }
-            }
-            Expr::Select(select) => walk(&select.operand, bound, out),
-            Expr::Call(call) => {
-                call.target.iter().for_each(|t| walk(t, bound, out));
-                call.args.iter().for_each(|a| walk(a, bound, out));
             }
             Expr::Comprehension(c) => {
                 walk(&c.iter_range, bound, out);
@@ -121,22 +107,10 @@ pub fn free_variables(expr: &IdedExpr) -> std::collections::BTreeSet<String> {
                 }
                 bound.truncate(before);
             }
-            Expr::List(list) => list.elements.iter().for_each(|e| walk(e, bound, out)),
-            Expr::Map(map) => map.entries.iter().for_each(|e| entry(&e.expr, bound, out)),
-            Expr::Struct(s) => s.entries.iter().for_each(|e| entry(&e.expr, bound, out)),
-            Expr::Literal(_) | Expr::Unspecified => {}
+            _ => children(expr).into_iter().for_each(|e| walk(e, bound, out)),
         }
     }
-    fn entry(entry: &EntryExpr, bound: &mut Vec<String>, out: &mut std::collections::BTreeSet<String>) {
-        match entry {
-            EntryExpr::StructField(f) => walk(&f.value, bound, out),
-            EntryExpr::MapEntry(e) => {
-                walk(&e.key, bound, out);
-                walk(&e.value, bound, out);
-            }
-        }
-    }
-    let mut out = std::collections::BTreeSet::new();
+    let mut out = BTreeSet::new();
     walk(expr, &mut Vec::new(), &mut out);
     out
 }
@@ -208,8 +182,7 @@ impl Projector {
     /// Read one Avro datum (without the Confluent frame).
     pub fn read(&self, datum: &[u8]) -> Result<Value, String> {
         let mut input = datum;
-        let value = read(&self.root, &mut input)?;
-        Ok(value)
+        read(&self.root, &mut input)
     }
 }
 
@@ -267,17 +240,16 @@ impl Compiler<'_> {
             ),
             Schema::Record(r) => {
                 let namespace = r.name.namespace().or(namespace);
-                let keep_all = fields.is_none_or(|f| f.whole);
                 let mut out = Vec::with_capacity(r.fields.len());
                 for field in &r.fields {
+                    // What to keep of the field; `None`: skip it.
                     let sub = match fields {
                         None => None,
                         Some(f) if f.whole => Some(&whole),
                         Some(f) => f.children.get(&field.name),
                     };
-                    let kept = fields.is_some() && (keep_all || sub.is_some());
-                    let node = self.node(&field.schema, if kept { sub } else { None }, namespace, depth + 1)?;
-                    out.push((kept.then(|| Key::String(Arc::new(field.name.clone()))), node));
+                    let node = self.node(&field.schema, sub, namespace, depth + 1)?;
+                    out.push((sub.map(|_| Key::String(Arc::new(field.name.clone()))), node));
                 }
                 let missing = match fields {
                     Some(f) if !f.whole => f
