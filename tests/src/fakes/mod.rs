@@ -2,7 +2,11 @@
 //! Each checks every request exactly as the vendor documents it and answers as the vendor
 //! does, errors and rate limits included, and records what it accepted so tests can count
 //! deliveries by event id. Failures are injected per test.
+//!
+//! The newer fakes share their machinery ([`harness`]): a vendor module holds only its contract.
 
 pub mod bigquery;
+pub mod harness;
 pub mod hubspot;
 pub mod slack;
+pub mod webhook;
