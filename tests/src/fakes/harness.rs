@@ -326,6 +326,26 @@ pub fn now_millis() -> i64 {
         .as_millis() as i64
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmm+00:00` for milliseconds since the epoch (UTC).
+pub fn iso8601(millis: i64) -> String {
+    let (days, ms) = (millis.div_euclid(86_400_000), millis.rem_euclid(86_400_000));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}+00:00",
+        ms % 1000
+    )
+}
+
 /// The media type of a `Content-Type` value, lower case, without parameters.
 pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
@@ -349,5 +369,11 @@ mod tests {
         assert_eq!(script.verdict(r#"{"x":"flaky"}"#), Verdict::Accept);
         script.fix();
         assert_eq!(script.verdict(r#"{"x":"bad"}"#), Verdict::Accept);
+    }
+
+    #[test]
+    fn iso_times_are_utc_calendar_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000+00:00");
+        assert_eq!(iso8601(1_709_251_199_123), "2024-02-29T23:59:59.123+00:00");
     }
 }

@@ -6,6 +6,7 @@
 //! The newer fakes share their machinery ([`harness`]): a vendor module holds only its contract.
 
 pub mod bigquery;
+pub mod discord;
 pub mod harness;
 pub mod hubspot;
 pub mod slack;
