@@ -28,6 +28,7 @@
 //! The message texts of 401/404 (`Invalid Webhook Token`, `Unknown Webhook`) are how Discord
 //! words them in practice; the docs list only the codes.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -46,6 +47,7 @@ pub const CHANNEL_ID: &str = "1300000000000000100";
 pub const GUILD_ID: &str = "1300000000000000200";
 pub const MAX_CONTENT: usize = 2000;
 const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
+const BUCKET: &str = "f1e2d3c4b5a6978800112233445566ff";
 
 #[derive(Debug, Default)]
 struct Store {
@@ -69,7 +71,8 @@ impl FakeDiscord {
         let state = Shared::default();
         let router = Router::new()
             .route("/api/webhooks/{id}/{token}", get(webhook).post(execute))
-            .route("/api/{version}/webhooks/{id}/{token}", get(webhook_v).post(execute_v))
+            .route("/api/{version}/webhooks/{id}/{token}", get(webhook).post(execute))
+            .layer(axum::middleware::map_response(with_bucket))
             .with_state((script.clone(), state.clone()));
         let contract = Contract {
             is_write: |method, _| method == Method::POST,
@@ -106,103 +109,86 @@ impl VendorFake for FakeDiscord {
 }
 
 fn error(status: StatusCode, code: u64, message: &str) -> Response {
-    with_bucket(
-        harness::json(status, &json!({"message": message, "code": code})),
-        4,
-        1.0,
-    )
+    harness::json(status, &json!({"message": message, "code": code}))
 }
 
 fn invalid_form_body(errors: Value) -> Response {
-    with_bucket(
-        harness::json(
-            StatusCode::BAD_REQUEST,
-            &json!({"message": "Invalid Form Body", "code": 50035, "errors": errors}),
-        ),
-        4,
-        1.0,
-    )
+    let body = json!({"message": "Invalid Form Body", "code": 50035, "errors": errors});
+    harness::json(StatusCode::BAD_REQUEST, &body)
 }
 
-fn with_bucket(mut response: Response, remaining: u32, reset_after: f64) -> Response {
-    let reset = harness::now_millis() as f64 / 1000.0 + reset_after;
+/// The bucket headers Discord puts on every answer (a 429 brings its own).
+async fn with_bucket(mut response: Response) -> Response {
     let h = response.headers_mut();
-    for (name, value) in [
-        ("x-ratelimit-limit", "5".to_owned()),
-        ("x-ratelimit-remaining", remaining.to_string()),
-        ("x-ratelimit-reset", format!("{reset:.3}")),
-        ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
-        ("x-ratelimit-bucket", "f1e2d3c4b5a6978800112233445566ff".to_owned()),
-    ] {
-        h.insert(name, HeaderValue::from_str(&value).expect("header"));
+    if !h.contains_key("x-ratelimit-bucket") {
+        let reset = harness::now_millis() as f64 / 1000.0 + 1.0;
+        h.insert("x-ratelimit-limit", 5.into());
+        h.insert("x-ratelimit-remaining", 4.into());
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&format!("{reset:.3}")).expect("header"),
+        );
+        h.insert("x-ratelimit-reset-after", HeaderValue::from_static("1.000"));
+        h.insert("x-ratelimit-bucket", HeaderValue::from_static(BUCKET));
     }
     response
 }
 
 fn rate_limited(secs: f64) -> Response {
     let body = json!({"message": "You are being rate limited.", "retry_after": secs, "global": false});
-    let mut r = with_bucket(harness::json(StatusCode::TOO_MANY_REQUESTS, &body), 0, secs);
-    r.headers_mut().insert("retry-after", (secs.ceil() as u64).into());
-    r.headers_mut()
-        .insert("x-ratelimit-scope", HeaderValue::from_static("user"));
+    let mut r = harness::json(StatusCode::TOO_MANY_REQUESTS, &body);
+    let reset = harness::now_millis() as f64 / 1000.0 + secs;
+    for (name, value) in [
+        ("retry-after", (secs.ceil() as u64).to_string()),
+        ("x-ratelimit-limit", "5".into()),
+        ("x-ratelimit-remaining", "0".into()),
+        ("x-ratelimit-reset", format!("{reset:.3}")),
+        ("x-ratelimit-reset-after", format!("{secs:.3}")),
+        ("x-ratelimit-bucket", BUCKET.into()),
+        ("x-ratelimit-scope", "user".into()),
+    ] {
+        r.headers_mut()
+            .insert(name, HeaderValue::from_str(&value).expect("header"));
+    }
     r
 }
 
-/// 404 for an unknown webhook, 401 for a wrong token.
-fn check_webhook(id: &str, token: &str) -> Result<(), Response> {
-    if id != WEBHOOK_ID {
+/// 400 for an unsupported API version, 404 for an unknown webhook, 401 for a wrong token.
+fn check_webhook(path: &HashMap<String, String>) -> Result<(), Response> {
+    if let Some(v) = path.get("version")
+        && !matches!(v.as_str(), "v6" | "v7" | "v8" | "v9" | "v10")
+    {
+        return Err(error(StatusCode::BAD_REQUEST, 50041, "Invalid API version provided"));
+    }
+    if path["id"] != WEBHOOK_ID {
         return Err(error(StatusCode::NOT_FOUND, 10015, "Unknown Webhook"));
     }
-    if token != WEBHOOK_TOKEN {
+    if path["token"] != WEBHOOK_TOKEN {
         return Err(error(StatusCode::UNAUTHORIZED, 50027, "Invalid Webhook Token"));
     }
     Ok(())
 }
 
-fn supported(version: &str) -> bool {
-    matches!(version, "v6" | "v7" | "v8" | "v9" | "v10")
-}
-
 type Ctx = State<(Script, Shared)>;
 
-async fn webhook_v(state: Ctx, Path((v, id, token)): Path<(String, String, String)>) -> Response {
-    if !supported(&v) {
-        return error(StatusCode::BAD_REQUEST, 50041, "Invalid API version provided");
-    }
-    webhook(state, Path((id, token))).await
-}
-
-async fn webhook(_: Ctx, Path((id, token)): Path<(String, String)>) -> Response {
-    if let Err(r) = check_webhook(&id, &token) {
+async fn webhook(_: Ctx, Path(path): Path<HashMap<String, String>>) -> Response {
+    if let Err(r) = check_webhook(&path) {
         return r;
     }
     let hook = json!({"type": 1, "id": WEBHOOK_ID, "name": "Nectar", "avatar": null,
                       "channel_id": CHANNEL_ID, "guild_id": GUILD_ID, "application_id": null,
                       "token": WEBHOOK_TOKEN});
-    with_bucket(harness::json(StatusCode::OK, &hook), 4, 1.0)
-}
-
-async fn execute_v(
-    state: Ctx,
-    Path((v, id, token)): Path<(String, String, String)>,
-    query: Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !supported(&v) {
-        return error(StatusCode::BAD_REQUEST, 50041, "Invalid API version provided");
-    }
-    execute(state, Path((id, token)), query, headers, body).await
+    harness::json(StatusCode::OK, &hook)
 }
 
 async fn execute(
     State((script, state)): Ctx,
-    Path((id, token)): Path<(String, String)>,
+    Path(path): Path<HashMap<String, String>>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check_webhook(&id, &token) {
+    if let Err(r) = check_webhook(&path) {
         return r;
     }
     let wait = query
@@ -270,9 +256,9 @@ async fn execute(
         message
     };
     if wait {
-        with_bucket(harness::json(StatusCode::OK, &message), 4, 1.0)
+        harness::json(StatusCode::OK, &message)
     } else {
-        with_bucket(StatusCode::NO_CONTENT.into_response(), 4, 1.0)
+        StatusCode::NO_CONTENT.into_response()
     }
 }
 

@@ -10,4 +10,5 @@ pub mod discord;
 pub mod harness;
 pub mod hubspot;
 pub mod slack;
+pub mod teams;
 pub mod webhook;
