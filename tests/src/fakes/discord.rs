@@ -47,6 +47,8 @@ pub const CHANNEL_ID: &str = "1300000000000000100";
 pub const GUILD_ID: &str = "1300000000000000200";
 pub const MAX_CONTENT: usize = 2000;
 const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
+const INVALID_JSON: &str = "The request body contains invalid JSON.";
+const BLOCKED: &str = "Message was blocked by automatic moderation";
 const BUCKET: &str = "f1e2d3c4b5a6978800112233445566ff";
 
 #[derive(Debug, Default)]
@@ -199,39 +201,27 @@ async fn execute(
             "message": "Expected \"Content-Type\" header to be one of {'application/json', 'multipart/form-data'}."}]}));
     }
     let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            50109,
-            "The request body contains invalid JSON.",
-        );
+        return error(StatusCode::BAD_REQUEST, 50109, INVALID_JSON);
     };
     let Some(object) = payload.as_object() else {
         return invalid_form_body(json!({"_errors": [{"code": "DICT_TYPE_CONVERT",
             "message": "Only dictionaries may be used in a DictType"}]}));
     };
-    let errors = check_message(object);
+    let errors = check_message(&payload);
     if !errors.is_empty() {
         return invalid_form_body(Value::Object(errors));
     }
     let content = object.get("content").and_then(Value::as_str).unwrap_or_default();
-    let embeds = object
-        .get("embeds")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let embeds = object.get("embeds").cloned().unwrap_or(json!([]));
     let others = ["components", "poll", "attachments"]
         .iter()
         .any(|k| object.get(*k).is_some_and(|v| !v.is_null()));
-    if content.is_empty() && embeds.is_empty() && !others {
+    if content.is_empty() && embeds.as_array().is_none_or(Vec::is_empty) && !others {
         return error(StatusCode::BAD_REQUEST, 50006, "Cannot send an empty message");
     }
     match script.verdict(&String::from_utf8_lossy(&body)) {
         Verdict::Refuse => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                200_000,
-                "Message was blocked by automatic moderation",
-            );
+            return error(StatusCode::BAD_REQUEST, 200_000, BLOCKED);
         }
         Verdict::FailOnce => return error(StatusCode::BAD_GATEWAY, 0, "502: Bad Gateway"),
         Verdict::Accept => {}
@@ -262,85 +252,60 @@ async fn execute(
     }
 }
 
-/// Adds one error at `path` to Discord's nested form errors.
-fn add(errors: &mut Map<String, Value>, path: &[&str], code: &str, message: String) {
+/// Adds one error at a JSON pointer to Discord's nested form errors.
+fn add(errors: &mut Map<String, Value>, pointer: &str, code: &str, message: &str) {
     let mut at = errors;
-    for key in path {
-        at = at
-            .entry(key.to_string())
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("object");
+    for key in pointer.split('/').skip(1) {
+        let entry = at.entry(key.to_owned()).or_insert_with(|| json!({}));
+        at = entry.as_object_mut().expect("object");
     }
     at.insert("_errors".into(), json!([{"code": code, "message": message}]));
 }
 
-fn max_len(errors: &mut Map<String, Value>, path: &[&str], v: Option<&Value>, max: usize) {
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s.chars().count() <= max => {}
-        Some(Value::String(_)) => add(
-            errors,
-            path,
-            "BASE_TYPE_MAX_LENGTH",
-            format!("Must be {max} or fewer in length."),
-        ),
-        Some(other) => add(
-            errors,
-            path,
-            "BASE_TYPE_STRING",
-            format!("Could not interpret \"{other}\" as string."),
-        ),
-    }
+fn too_long(errors: &mut Map<String, Value>, pointer: &str, max: usize) {
+    let message = format!("Must be {max} or fewer in length.");
+    add(errors, pointer, "BASE_TYPE_MAX_LENGTH", &message);
 }
 
 /// Discord's nested form errors for a message body (empty when valid).
-fn check_message(body: &Map<String, Value>) -> Map<String, Value> {
+fn check_message(body: &Value) -> Map<String, Value> {
     let mut e = Map::new();
-    max_len(&mut e, &["content"], body.get("content"), MAX_CONTENT);
-    max_len(&mut e, &["username"], body.get("username"), 80);
+    let mut limits = vec![("/content".to_owned(), MAX_CONTENT), ("/username".to_owned(), 80)];
     match body.get("embeds") {
         None | Some(Value::Null) => {}
-        Some(Value::Array(embeds)) if embeds.len() > 10 => add(
-            &mut e,
-            &["embeds"],
-            "BASE_TYPE_MAX_LENGTH",
-            "Must be 10 or fewer in length.".into(),
-        ),
+        Some(Value::Array(embeds)) if embeds.len() > 10 => too_long(&mut e, "/embeds", 10),
         Some(Value::Array(embeds)) => {
             for (i, embed) in embeds.iter().enumerate() {
-                let i = i.to_string();
-                max_len(&mut e, &["embeds", &i, "title"], embed.get("title"), 256);
-                max_len(&mut e, &["embeds", &i, "description"], embed.get("description"), 4096);
-                max_len(
-                    &mut e,
-                    &["embeds", &i, "footer", "text"],
-                    embed.pointer("/footer/text"),
-                    2048,
-                );
-                max_len(
-                    &mut e,
-                    &["embeds", &i, "author", "name"],
-                    embed.pointer("/author/name"),
-                    256,
-                );
-                let fields = embed
-                    .get("fields")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                if fields.len() > 25 {
-                    let message = "Must be 25 or fewer in length.".into();
-                    add(&mut e, &["embeds", &i, "fields"], "BASE_TYPE_MAX_LENGTH", message);
+                for (key, max) in [
+                    ("title", 256),
+                    ("description", 4096),
+                    ("footer/text", 2048),
+                    ("author/name", 256),
+                ] {
+                    limits.push((format!("/embeds/{i}/{key}"), max));
                 }
-                for (j, field) in fields.iter().enumerate() {
-                    let j = j.to_string();
-                    max_len(&mut e, &["embeds", &i, "fields", &j, "name"], field.get("name"), 256);
-                    max_len(&mut e, &["embeds", &i, "fields", &j, "value"], field.get("value"), 1024);
+                let fields = embed.get("fields").and_then(Value::as_array).map_or(0, Vec::len);
+                if fields > 25 {
+                    too_long(&mut e, &format!("/embeds/{i}/fields"), 25);
+                }
+                for j in 0..fields {
+                    limits.push((format!("/embeds/{i}/fields/{j}/name"), 256));
+                    limits.push((format!("/embeds/{i}/fields/{j}/value"), 1024));
                 }
             }
         }
-        Some(_) => add(&mut e, &["embeds"], "BASE_TYPE_LIST", "Must be an array.".into()),
+        Some(_) => add(&mut e, "/embeds", "BASE_TYPE_LIST", "Must be an array."),
+    }
+    for (pointer, max) in limits {
+        match body.pointer(&pointer) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.chars().count() <= max => {}
+            Some(Value::String(_)) => too_long(&mut e, &pointer, max),
+            Some(other) => {
+                let message = format!("Could not interpret \"{other}\" as string.");
+                add(&mut e, &pointer, "BASE_TYPE_STRING", &message);
+            }
+        }
     }
     e
 }
