@@ -11,4 +11,5 @@ pub mod harness;
 pub mod hubspot;
 pub mod slack;
 pub mod teams;
+pub mod telegram;
 pub mod webhook;
