@@ -325,7 +325,16 @@ pub enum ConfigError {
 /// The figment a service reads: `defaults` (the service's embedded `default.toml`), then the
 /// file at `path` if given, then `NECTAR_*__*` environment variables.
 pub fn figment(defaults: &str, path: Option<&Path>) -> Figment {
-    let mut figment = Figment::from(Toml::string(defaults));
+    figment_layers(&[defaults], path)
+}
+
+/// [`figment`] with several default layers, later ones overriding earlier ones (a sink's
+/// embedded defaults, then those its vendor spec derives).
+pub fn figment_layers(defaults: &[&str], path: Option<&Path>) -> Figment {
+    let mut figment = Figment::new();
+    for layer in defaults {
+        figment = figment.merge(Toml::string(layer));
+    }
     if let Some(path) = path {
         figment = figment.merge(Toml::file_exact(path));
     }

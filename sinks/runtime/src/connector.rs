@@ -69,6 +69,9 @@ pub enum ItemResult {
     Retry { reason: String, after: Option<Duration> },
     /// Will never be accepted: dead-letter it with the reason and the target's answer.
     Reject { reason: String, response: String },
+    /// Not for this target (an event type it does not take): acknowledged without sending,
+    /// counted in `nectar_sink_skipped_total`.
+    Skipped { reason: String },
 }
 
 impl ItemResult {

@@ -200,6 +200,10 @@ impl<C: Connector> Deliverer<C> {
                                         self.metrics.delivery_latency_seconds.observe(latency);
                                     }
                                 }
+                                ItemResult::Skipped { reason } => {
+                                    tracing::debug!(sink = %self.name, event_id = item.event_id(), "skipped: {reason}");
+                                    self.metrics.skipped.inc();
+                                }
                                 ItemResult::Retry { reason, after } => {
                                     item.attempts += 1;
                                     if item.attempts >= self.max_item_attempts {
@@ -306,7 +310,9 @@ impl<C: Connector> Deliverer<C> {
                 ))
             }
             Ok(Ok(results)) => {
-                let all = results.iter().all(|r| *r == ItemResult::Delivered);
+                let all = results
+                    .iter()
+                    .all(|r| matches!(r, ItemResult::Delivered | ItemResult::Skipped { .. }));
                 observe(if all { "ok" } else { "partial" });
                 for result in &results {
                     if let ItemResult::Retry { after, .. } = result {

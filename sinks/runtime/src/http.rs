@@ -5,7 +5,30 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use crate::connector::DeliveryError;
+use crate::connector::{DeliveryError, StartError};
+
+/// The one HTTP client builder of the sinks: rustls, the request timeout of `[sink]`
+/// (`request_timeout_ms`, the same limit the runtime puts on a whole delivery call), a
+/// connect timeout, and a `nectar/<version>` user agent.
+pub fn client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("nectar/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// The one start-check rule: how a non-2xx answer to a start check reads. 401 and 403 mean
+/// the credentials are wrong; 5xx, 429 and 408 that the target is unavailable now (the start
+/// check retries); anything else that the configuration cannot work with this target.
+pub fn start_status(status: StatusCode, what: &str, body: &str) -> StartError {
+    let message = format!("{what} answered HTTP {}: {}", status.as_u16(), excerpt(body));
+    match status.as_u16() {
+        401 | 403 => StartError::Credentials(message),
+        408 | 429 | 500..=599 => StartError::Unreachable(message),
+        _ => StartError::Config(message),
+    }
+}
 
 /// The `Retry-After` header (delta-seconds or an HTTP date), capped at one hour.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

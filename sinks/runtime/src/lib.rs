@@ -13,6 +13,7 @@
 //! accepted. Targets with transactions store the positions with the data and the consumer
 //! starts from them. See [`runtime`] for rebalances and shutdown.
 
+pub mod auth;
 pub mod config;
 pub mod connector;
 mod deliver;
@@ -22,6 +23,7 @@ pub mod replay;
 pub mod retry;
 pub mod runtime;
 pub mod service;
+pub mod template;
 
 pub use config::{SinkConfig, SinkServiceConfig};
 pub use connector::{Connector, Delivery, DeliveryError, Item, ItemResult, Positions, StartError};

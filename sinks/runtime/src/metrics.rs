@@ -22,6 +22,8 @@ pub struct SinkMetrics {
     pub rate_limit_waits: IntCounter,
     /// Answers where the target itself said to slow down (HTTP 429 and the like).
     pub throttled: IntCounter,
+    /// Events the target does not take (their type), acknowledged without sending.
+    pub skipped: IntCounter,
     /// Offset commits.
     pub commits: IntCounter,
     /// Records behind the end of each partition.
@@ -82,6 +84,10 @@ impl SinkMetrics {
                 "nectar_sink_rate_limit_waits_total",
                 "Requests that waited for the rate limiter",
             )))?,
+            skipped: IntCounter::with_opts(label(Opts::new(
+                "nectar_sink_skipped_total",
+                "Events the target does not take (by their type), acknowledged without sending.",
+            )))?,
             throttled: IntCounter::with_opts(label(Opts::new(
                 "nectar_sink_throttled_total",
                 "Answers where the target asked to slow down (HTTP 429)",
@@ -108,6 +114,7 @@ impl SinkMetrics {
         registry.register(Box::new(m.rate_limit_wait_seconds.clone()))?;
         registry.register(Box::new(m.rate_limit_waits.clone()))?;
         registry.register(Box::new(m.throttled.clone()))?;
+        registry.register(Box::new(m.skipped.clone()))?;
         registry.register(Box::new(m.commits.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.assigned_partitions.clone()))?;

@@ -10,10 +10,14 @@
 //! Exit codes: 0 done, 1 failed (the message says why: bad credentials, unreachable target,
 //! a fatal delivery error), 2 invalid configuration.
 
+use std::ffi::OsString;
 use std::fmt::Debug;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
 use nectar_core::config::Validate;
 use nectar_core::service::Cli;
 use serde::de::DeserializeOwned;
@@ -35,6 +39,14 @@ pub trait Sink: 'static {
     const DEFAULTS: &'static str;
 
     fn connector(config: &SinkServiceConfig<Self::Target>) -> anyhow::Result<Self::Connector>;
+
+    /// Defaults derived from the configuration itself, as TOML, layered above
+    /// [`Sink::DEFAULTS`] and below the operator's file and environment (the HTTP sink's
+    /// vendor spec sets `[sink]` limits from the vendor's published quota). `Err` is a
+    /// configuration error.
+    fn derived_defaults(_config: &Figment) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +63,12 @@ enum Command {
 
 /// Parse the command line, load the configuration and run the chosen command.
 pub async fn main<S: Sink>() -> ExitCode {
+    main_with::<S>(std::env::args_os().collect(), Vec::new()).await
+}
+
+/// [`main`] with the arguments given, and settings (`"target.vendor"` → value) that override
+/// the configuration file and environment (a binary's own flags, such as `--target`).
+pub async fn main_with<S: Sink>(args: Vec<OsString>, overrides: Vec<(String, String)>) -> ExitCode {
     nectar_core::shutdown::install();
     let matches = Cli::<Command>::command()
         .name(S::BINARY)
@@ -58,12 +76,12 @@ pub async fn main<S: Sink>() -> ExitCode {
         .mut_subcommand("replay", |replay| {
             replay.mut_arg("to", |to| to.help(crate::replay::TO_HELP))
         })
-        .get_matches();
+        .get_matches_from(args);
     let cli = match Cli::<Command>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let config: SinkServiceConfig<S::Target> = match nectar_core::config::load(S::DEFAULTS, cli.config.as_deref()) {
+    let config: SinkServiceConfig<S::Target> = match load::<S>(cli.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", S::BINARY);
@@ -93,6 +111,26 @@ pub async fn main<S: Sink>() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration: the embedded defaults, those the configuration derives, the file, the
+/// environment, then `overrides`.
+pub fn load<S: Sink>(
+    path: Option<&Path>,
+    overrides: &[(String, String)],
+) -> Result<SinkServiceConfig<S::Target>, String> {
+    let with_overrides = |mut figment: Figment| {
+        for (key, value) in overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        figment
+    };
+    let first = with_overrides(nectar_core::config::figment(S::DEFAULTS, path));
+    let figment = match S::derived_defaults(&first).map_err(|e| format!("invalid configuration: {e}"))? {
+        None => first,
+        Some(derived) => with_overrides(nectar_core::config::figment_layers(&[S::DEFAULTS, &derived], path)),
+    };
+    nectar_core::config::from_figment(figment).map_err(|e| e.to_string())
 }
 
 async fn check<S: Sink>(config: &SinkServiceConfig<S::Target>) -> anyhow::Result<()> {

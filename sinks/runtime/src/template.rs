@@ -1,0 +1,334 @@
+//! The one template language of the sinks: minijinja, with the same context and filters
+//! everywhere (the HTTP sink's vendor specs, Slack's messages).
+//!
+//! Context of every template:
+//! - `event`: the whole `io.nectar.Event` as JSON (`event.envelope.event_type`, `event.person.email`, ...);
+//! - `lead`: a summary ([`Lead`]): `name`, `email`, `first_name`, `last_name`, `company`,
+//!   `score`, `stage`, `source`, `event_type`, `event_id`, `occurred_at` (ms), `workspace_id`,
+//!   `lead_key`;
+//! - whatever the caller adds (`settings`, `item`, `steps`, `items`).
+//!
+//! Filters beyond minijinja's built-ins (`lower`, `trim`, `urlencode`, `tojson`, `default`,
+//! ...): `md5` and `sha256` (hex of the UTF-8 string), `base64`, `clip(n)` (at most `n`
+//! characters, `…` when cut), `rfc3339` and `unix_s` (from epoch milliseconds).
+//!
+//! [`render_value`] renders a JSON value tree whose strings are templates. One rule keeps
+//! types: a string that is exactly one `{{ expression }}` becomes the expression's JSON value
+//! (a number stays a number, a list a list); in an object, such a key whose value is none or
+//! undefined is left out (optional fields). Any other string renders to a string. A rendered
+//! string is capped at [`MAX_RENDERED`] bytes: event fields are untrusted input.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use md5::Digest as _;
+use minijinja::value::Value as JinjaValue;
+use minijinja::{Environment, UndefinedBehavior};
+use nectar_core::events::Event;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The most bytes one rendered string may have.
+pub const MAX_RENDERED: usize = 256 * 1024;
+
+/// The summary of an event templates get as `lead`.
+#[derive(Debug, Serialize)]
+pub struct Lead<'a> {
+    pub name: Option<String>,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub company: Option<&'a str>,
+    pub score: Option<i64>,
+    pub stage: Option<&'a str>,
+    pub source: &'a str,
+    pub event_type: &'a str,
+    pub event_id: &'a str,
+    pub occurred_at: i64,
+    pub workspace_id: &'a str,
+    pub lead_key: Option<&'a str>,
+}
+
+fn non_blank(s: Option<&String>) -> Option<&str> {
+    s.map(|s| s.trim()).filter(|s| !s.is_empty())
+}
+
+impl<'a> Lead<'a> {
+    pub fn of(event: &'a Event) -> Self {
+        let person = event.person.as_ref();
+        let enrichment = event.enrichment.as_ref();
+        let first_name = person
+            .and_then(|p| non_blank(p.first_name.as_ref()))
+            .or_else(|| enrichment.and_then(|e| non_blank(e.first_name.as_ref())));
+        let last_name = person
+            .and_then(|p| non_blank(p.last_name.as_ref()))
+            .or_else(|| enrichment.and_then(|e| non_blank(e.last_name.as_ref())));
+        let joined = {
+            let parts: Vec<&str> = [first_name, last_name].into_iter().flatten().collect();
+            (!parts.is_empty()).then(|| parts.join(" "))
+        };
+        let name = person
+            .and_then(|p| non_blank(p.full_name.as_ref()))
+            .map(str::to_owned)
+            .or(joined);
+        let email = person
+            .and_then(|p| non_blank(p.email.as_ref()))
+            .or_else(|| enrichment.and_then(|e| non_blank(e.email_normalized.as_ref())));
+        let company = person
+            .and_then(|p| non_blank(p.company.as_ref()))
+            .or_else(|| enrichment.and_then(|e| non_blank(e.company_domain.as_ref())));
+        Self {
+            name,
+            first_name,
+            last_name,
+            email,
+            company,
+            score: event.score.as_ref().map(|s| s.value.round() as i64),
+            stage: event.score.as_ref().map(|s| s.stage.as_str()).filter(|s| !s.is_empty()),
+            source: &event.envelope.source,
+            event_type: &event.envelope.event_type,
+            event_id: &event.envelope.event_id,
+            occurred_at: event.envelope.occurred_at,
+            workspace_id: &event.envelope.workspace_id,
+            lead_key: event.envelope.lead_key.as_deref(),
+        }
+    }
+}
+
+/// `clip(n)`: at most `n` characters, with `…` when cut.
+pub fn clip(value: String, max: usize) -> String {
+    if value.chars().count() <= max {
+        return value;
+    }
+    let mut s: String = value.chars().take(max.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
+fn millis(value: &JinjaValue) -> Result<i64, minijinja::Error> {
+    i64::try_from(value.clone()).map_err(|_| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("expected epoch milliseconds, got {value}"),
+        )
+    })
+}
+
+/// An environment with the shared filters and chainable undefined values (a missing
+/// `event.person.email` is undefined, not an error). Add templates to it with
+/// `add_template_owned`.
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.add_filter("clip", clip);
+    env.add_filter("md5", |s: String| hex::encode(md5::Md5::digest(s.as_bytes())));
+    env.add_filter("sha256", |s: String| hex::encode(sha2::Sha256::digest(s.as_bytes())));
+    env.add_filter("base64", |s: String| {
+        base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+    });
+    env.add_filter("unix_s", |v: JinjaValue| -> Result<i64, minijinja::Error> {
+        Ok(millis(&v)?.div_euclid(1000))
+    });
+    env.add_filter("rfc3339", |v: JinjaValue| -> Result<String, minijinja::Error> {
+        let ms = millis(&v)?;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        Ok(humantime::format_rfc3339_millis(t).to_string())
+    });
+    env
+}
+
+/// The context every template sees for `event`, plus `extra` (`name → value`).
+pub fn context(event: &Event, extra: &[(&str, JinjaValue)]) -> JinjaValue {
+    let mut map: std::collections::BTreeMap<String, JinjaValue> =
+        extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    map.insert("event".into(), JinjaValue::from_serialize(event));
+    map.insert("lead".into(), JinjaValue::from_serialize(Lead::of(event)));
+    JinjaValue::from(map)
+}
+
+/// A compiled value tree: strings replaced by template names or expressions.
+#[derive(Debug, Clone)]
+pub enum Compiled {
+    Literal(Value),
+    /// A template rendering a string.
+    Text(Arc<str>),
+    /// A string that was exactly `{{ expr }}`: the expression's value, typed.
+    Expr(Arc<str>),
+    Array(Vec<Compiled>),
+    Object(Vec<(String, Compiled)>),
+}
+
+/// Whether `s` is exactly one `{{ expression }}`; its expression if so.
+fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then(|| inner.trim())
+}
+
+/// Compile every string of `value` as a template into `env` (names start with `prefix`); the
+/// error names the key path.
+pub fn compile(env: &mut Environment<'static>, prefix: &str, value: &Value) -> Result<Compiled, String> {
+    Ok(match value {
+        Value::String(s) if !s.contains("{{") && !s.contains("{%") => Compiled::Literal(value.clone()),
+        Value::String(s) => {
+            if let Some(expr) = sole_expression(s) {
+                env.compile_expression(expr)
+                    .map_err(|e| format!("{prefix}: invalid expression `{expr}`: {e}"))?;
+                Compiled::Expr(Arc::from(expr))
+            } else {
+                env.add_template_owned(prefix.to_owned(), s.clone())
+                    .map_err(|e| format!("{prefix}: invalid template: {e}"))?;
+                Compiled::Text(Arc::from(prefix))
+            }
+        }
+        Value::Array(values) => Compiled::Array(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| compile(env, &format!("{prefix}[{i}]"), v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Compiled::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), compile(env, &format!("{prefix}.{k}"), v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => Compiled::Literal(other.clone()),
+    })
+}
+
+/// Render a compiled tree with `ctx`. The error names the template and why.
+pub fn render_value(env: &Environment<'static>, compiled: &Compiled, ctx: &JinjaValue) -> Result<Value, String> {
+    Ok(match compiled {
+        Compiled::Literal(v) => v.clone(),
+        Compiled::Text(name) => Value::String(render_text(env, name, ctx)?),
+        Compiled::Expr(expr) => {
+            let value = eval(env, expr, ctx)?;
+            if value.is_undefined() || value.is_none() {
+                Value::Null
+            } else {
+                serde_json::to_value(&value).map_err(|e| format!("`{expr}` is not JSON: {e}"))?
+            }
+        }
+        Compiled::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|c| render_value(env, c, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Compiled::Object(fields) => {
+            let mut map = serde_json::Map::with_capacity(fields.len());
+            for (k, c) in fields {
+                let v = render_value(env, c, ctx)?;
+                if v.is_null() && matches!(c, Compiled::Expr(_)) {
+                    continue;
+                }
+                map.insert(k.clone(), v);
+            }
+            Value::Object(map)
+        }
+    })
+}
+
+/// Render the named template to a string (capped at [`MAX_RENDERED`]).
+pub fn render_text(env: &Environment<'static>, name: &str, ctx: &JinjaValue) -> Result<String, String> {
+    let out = env
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| format!("template {name} failed: {e:#}"))?;
+    if out.len() > MAX_RENDERED {
+        return Err(format!("template {name} rendered more than {MAX_RENDERED} bytes"));
+    }
+    Ok(out)
+}
+
+/// Evaluate an expression.
+pub fn eval(env: &Environment<'static>, expr: &str, ctx: &JinjaValue) -> Result<JinjaValue, String> {
+    env.compile_expression(expr)
+        .and_then(|e| e.eval(ctx))
+        .map_err(|e| format!("`{expr}` failed: {e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nectar_core::events::{Envelope, Person};
+    use serde_json::json;
+
+    fn event() -> Event {
+        let mut event = Event::new(Envelope {
+            event_id: "e-1".into(),
+            event_type: "lead.captured".into(),
+            occurred_at: 1_700_000_000_123,
+            received_at: 1_700_000_000_500,
+            source: "forms".into(),
+            workspace_id: "ws".into(),
+            lead_key: Some("ws:ada@example.com".into()),
+            trace_parent: None,
+            consent: None,
+        });
+        event.person = Some(Person {
+            email: Some("Ada@Example.com".into()),
+            first_name: Some("Ada".into()),
+            last_name: Some("Lovelace".into()),
+            ..Person::default()
+        });
+        event
+    }
+
+    fn render(value: Value) -> Result<Value, String> {
+        let mut env = environment();
+        let compiled = compile(&mut env, "body", &value)?;
+        let ctx = context(
+            &event(),
+            &[("settings", JinjaValue::from_serialize(json!({"list": "L1"})))],
+        );
+        render_value(&env, &compiled, &ctx)
+    }
+
+    #[test]
+    fn a_sole_expression_keeps_its_type_and_text_is_a_string() {
+        let out = render(json!({
+            "time": "{{ event.envelope.occurred_at }}",
+            "name": "{{ lead.name }}",
+            "line": "{{ lead.first_name }} ({{ lead.email|lower }})",
+            "list": ["{{ settings.list }}", 3],
+            "literal": true,
+        }))
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"time": 1_700_000_000_123i64, "name": "Ada Lovelace", "line": "Ada (ada@example.com)",
+                   "list": ["L1", 3], "literal": true})
+        );
+    }
+
+    #[test]
+    fn undefined_optional_fields_are_left_out() {
+        let out = render(json!({"company": "{{ lead.company }}", "email": "{{ lead.email }}"})).unwrap();
+        assert_eq!(out, json!({"email": "Ada@Example.com"}));
+    }
+
+    #[test]
+    fn filters_hash_encode_and_format_times() {
+        let out = render(json!({
+            "hash": "{{ lead.email|lower|md5 }}",
+            "secs": "{{ lead.occurred_at|unix_s }}",
+            "at": "{{ lead.occurred_at|rfc3339 }}",
+            "b64": "{{ 'a:b'|base64 }}",
+            "clip": "{{ 'abcdef'|clip(4) }}",
+        }))
+        .unwrap();
+        // md5("ada@example.com"), as Mailchimp's subscriber hash documents it.
+        assert_eq!(out["hash"], "3e3417d7ef77d5932a6734b916515ed5");
+        assert_eq!(out["secs"], 1_700_000_000);
+        assert_eq!(out["at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(out["b64"], "YTpi");
+        assert_eq!(out["clip"], "abc…");
+    }
+
+    #[test]
+    fn a_bad_template_names_its_key() {
+        let err = render(json!({"a": {"b": "{{ lead.name "}})).unwrap_err();
+        assert!(err.starts_with("body.a.b:"), "{err}");
+    }
+}
