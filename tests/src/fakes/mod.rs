@@ -9,6 +9,7 @@ pub mod bigquery;
 pub mod discord;
 pub mod harness;
 pub mod hubspot;
+pub mod mixpanel;
 pub mod slack;
 pub mod teams;
 pub mod telegram;
