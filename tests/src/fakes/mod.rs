@@ -5,6 +5,7 @@
 //!
 //! The newer fakes share their machinery ([`harness`]): a vendor module holds only its contract.
 
+pub mod amplitude;
 pub mod bigquery;
 pub mod discord;
 pub mod harness;
