@@ -150,7 +150,7 @@ fn list(errors: &mut Map<String, Value>, map: &str, field: &str, index: usize) {
 }
 
 fn check_event(errors: &mut Map<String, Value>, i: usize, event: &Value, min_id: usize) {
-    if !event["event_type"].as_str().is_some_and(|t| !t.is_empty()) {
+    if event["event_type"].as_str().is_none_or(str::is_empty) {
         list(errors, "events_with_missing_fields", "event_type", i);
     }
     let ids = ["user_id", "device_id"].map(|k| event[k].as_str().filter(|s| !s.is_empty()));

@@ -183,11 +183,7 @@ fn check_event(event: &Value, now_ms: i64) -> Result<(), (String, String)> {
     let Some(object) = event.as_object() else {
         return invalid("event", "must be a JSON object");
     };
-    if !object
-        .get("event")
-        .and_then(Value::as_str)
-        .is_some_and(|e| !e.is_empty())
-    {
+    if object.get("event").and_then(Value::as_str).is_none_or(str::is_empty) {
         return invalid("event", "must be a non-empty string");
     }
     let Some(props) = object.get("properties").and_then(Value::as_object) else {
