@@ -55,24 +55,7 @@ pub const BLOCKED_CHAT: i64 = 222_222_222;
 /// A group that was upgraded to [`GROUP_CHAT`]: 400 with `migrate_to_chat_id`.
 pub const MIGRATED_CHAT: i64 = -123_456_789;
 pub const MAX_TEXT: usize = 4096;
-const HTML_TAGS: [&str; 16] = [
-    "b",
-    "strong",
-    "i",
-    "em",
-    "u",
-    "ins",
-    "s",
-    "strike",
-    "del",
-    "span",
-    "tg-spoiler",
-    "a",
-    "tg-emoji",
-    "code",
-    "pre",
-    "blockquote",
-];
+const HTML_TAGS: &str = "b strong i em u ins s strike del span tg-spoiler a tg-emoji code pre blockquote";
 
 type Shared = Arc<Mutex<Vec<Value>>>;
 
@@ -94,14 +77,7 @@ impl FakeTelegram {
         let contract = Contract {
             is_write: |_, path| path.to_ascii_lowercase().ends_with("/sendmessage"),
             server_error: || failure(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None),
-            throttled: |_, secs| {
-                let description = format!("Too Many Requests: retry after {secs}");
-                failure(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &description,
-                    Some(json!({"retry_after": secs})),
-                )
-            },
+            throttled: |_, secs| flood(secs),
         };
         let server = FakeServer::start(router, &script, contract).await;
         Self {
@@ -145,6 +121,15 @@ fn failure(status: StatusCode, description: &str, parameters: Option<Value>) -> 
         body["parameters"] = p;
     }
     harness::json(status, &body)
+}
+
+fn flood(secs: u64) -> Response {
+    let description = format!("Too Many Requests: retry after {secs}");
+    failure(
+        StatusCode::TOO_MANY_REQUESTS,
+        &description,
+        Some(json!({"retry_after": secs})),
+    )
 }
 
 fn bad_request(description: &str) -> Response {
@@ -215,18 +200,15 @@ fn parse_entities(text: &str, parse_mode: Option<&str>) -> Result<String, String
                     .split([' ', '='])
                     .next()
                     .unwrap_or_default();
-                if !HTML_TAGS.contains(&name.to_ascii_lowercase().as_str()) {
+                if !HTML_TAGS.split(' ').any(|t| t.eq_ignore_ascii_case(name)) {
                     let offset = text.len() - rest.len() + start;
                     return Err(format!("Unsupported start tag \"{name}\" at byte offset {offset}"));
                 }
                 rest = &rest[end + 1..];
             }
             out.push_str(rest);
-            Ok(out
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&quot;", "\"")
-                .replace("&amp;", "&"))
+            let entities = [("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&amp;", "&")];
+            Ok(entities.iter().fold(out, |text, (from, to)| text.replace(from, to)))
         }
         Some(_) => Err(String::new()),
     }
@@ -279,11 +261,15 @@ async fn call(
     };
     let ok = |result: Value| harness::json(StatusCode::OK, &json!({"ok": true, "result": result}));
     match method.to_ascii_lowercase().as_str() {
-        "getme" => ok(
-            json!({"id": BOT_ID, "is_bot": true, "first_name": "Nectar Fake", "username": BOT_USERNAME,
-                             "can_join_groups": true, "can_read_all_group_messages": false,
-                             "supports_inline_queries": false}),
-        ),
+        "getme" => {
+            let mut me = bot_user();
+            let extra = json!({"can_join_groups": true, "can_read_all_group_messages": false,
+                               "supports_inline_queries": false});
+            me.as_object_mut()
+                .expect("user")
+                .extend(extra.as_object().cloned().unwrap_or_default());
+            ok(me)
+        }
         "sendmessage" => {
             let chat = match chat(params.get("chat_id")) {
                 Ok(c) => c,
