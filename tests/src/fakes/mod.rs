@@ -10,6 +10,7 @@ pub mod bigquery;
 pub mod discord;
 pub mod harness;
 pub mod hubspot;
+pub mod kit;
 pub mod mailchimp;
 pub mod mixpanel;
 pub mod slack;
