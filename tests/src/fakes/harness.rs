@@ -153,6 +153,11 @@ impl Script {
         self.with(|s| s.max_in_flight)
     }
 
+    /// Whether an item whose JSON is `json` is refused now (uses nothing up).
+    pub fn refused(&self, json: &str) -> bool {
+        self.with(|s| s.refuse.iter().any(|n| json.contains(n.as_str())))
+    }
+
     /// What the content-based injections say about an item whose JSON is `json`. A
     /// [`Verdict::FailOnce`] is used up by this call.
     pub fn verdict(&self, json: &str) -> Verdict {

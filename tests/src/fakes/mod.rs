@@ -8,6 +8,7 @@
 pub mod amplitude;
 pub mod bigquery;
 pub mod discord;
+pub mod ga4;
 pub mod harness;
 pub mod hubspot;
 pub mod kit;
