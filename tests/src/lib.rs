@@ -5,6 +5,7 @@
 //! Addresses come from the same variables the services read (`NECTAR_KAFKA__BOOTSTRAP_SERVERS`,
 //! `NECTAR_SCHEMA_REGISTRY__URL`), with the local stack's defaults.
 
+pub mod conformance;
 pub mod dead_letters;
 pub mod fakes;
 pub mod ingest;

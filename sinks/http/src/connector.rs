@@ -163,7 +163,10 @@ fn build_auth(
                     .collect::<Result<_, String>>()?,
             };
             let url = text("token_url", token_url)?;
-            (Auth::OAuth2(Box::new(TokenSource::new(url, grant, None, http.clone()))), None)
+            (
+                Auth::OAuth2(Box::new(TokenSource::new(url, grant, None, http.clone()))),
+                None,
+            )
         }
         AuthSpec::Oauth2RefreshToken {
             token_url,
@@ -201,7 +204,10 @@ fn build_auth(
                 key_id: key_id.as_ref().map(|s| text("key_id", s)).transpose()?,
             };
             let url = text("token_url", token_url)?;
-            (Auth::OAuth2(Box::new(TokenSource::new(url, grant, None, http.clone()))), None)
+            (
+                Auth::OAuth2(Box::new(TokenSource::new(url, grant, None, http.clone()))),
+                None,
+            )
         }
         AuthSpec::StandardWebhooks { secret: s } => {
             let signer = WebhookSigner::new(&text("secret", s)?).map_err(|e| format!("auth.secret: {e}"))?;
@@ -271,7 +277,14 @@ impl HttpConnector {
         let http = nectar_sink::http::client(request_timeout)?;
         let mut env = template::environment();
         if spec.escape == Escape::Html {
-            env.set_auto_escape_callback(|_| AutoEscape::Html);
+            // Bodies only: URLs and headers are not HTML (minijinja escapes `/` too).
+            env.set_auto_escape_callback(|name| {
+                if name.contains(".body") {
+                    AutoEscape::Html
+                } else {
+                    AutoEscape::None
+                }
+            });
         }
         let settings_value = JinjaValue::from_serialize(settings.expose());
         let err = |e: String| anyhow::anyhow!("{origin}: {e}");

@@ -207,8 +207,10 @@ impl<C: Connector> Deliverer<C> {
                                 ItemResult::Retry { reason, after } => {
                                     item.attempts += 1;
                                     if item.attempts >= self.max_item_attempts {
+                                        // The last failure's reason carries the target's answer.
+                                        let response = reason.clone();
                                         let reason = format!("gave up after {} attempts: {reason}", item.attempts);
-                                        self.dead_letter_item(&item, &reason, "").await;
+                                        self.dead_letter_item(&item, &reason, &response).await;
                                     } else {
                                         self.metrics.retried.with_label_values(&["item"]).inc();
                                         wait = wait.max(after);
