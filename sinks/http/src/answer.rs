@@ -162,7 +162,7 @@ fn after(spec: Option<&After>, answer: &Answer) -> Option<Duration> {
     let Some(spec) = spec else {
         return retry_after(&answer.headers);
     };
-    let seconds = if let Some(h) = &spec.header {
+    let n = if let Some(h) = &spec.header {
         if h.eq_ignore_ascii_case("retry-after") {
             return retry_after(&answer.headers);
         }
@@ -175,12 +175,18 @@ fn after(spec: Option<&After>, answer: &Answer) -> Option<Duration> {
             .parse::<f64>()
             .ok()?
     } else {
-        let n = answer.json.as_ref()?.pointer(spec.json.as_deref()?)?.as_f64()?;
-        if spec.unit.as_deref() == Some("ms") {
-            n / 1000.0
-        } else {
-            n
+        answer.json.as_ref()?.pointer(spec.json.as_deref()?)?.as_f64()?
+    };
+    let seconds = match spec.unit.as_deref() {
+        Some("ms") => n / 1000.0,
+        Some("epoch") => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            (n - now).max(0.0)
         }
+        _ => n,
     };
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
 }

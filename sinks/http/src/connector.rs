@@ -302,6 +302,10 @@ impl HttpConnector {
             .map(|s| compile_step(&mut env, "erasure", s))
             .transpose()
             .map_err(err)?;
+        for (i, expr) in spec.filter.require.iter().enumerate() {
+            env.compile_expression(expr)
+                .map_err(|e| err(format!("filter.require[{i}]: invalid expression `{expr}`: {e}")))?;
+        }
         let start = match &spec.start {
             Some(s) => Some(CompiledStart {
                 start: s.clone(),
@@ -338,6 +342,20 @@ impl HttpConnector {
             Some(prefix) => event_type.starts_with(prefix),
             None => t == event_type,
         })
+    }
+
+    /// The first `filter.require` expression the event does not satisfy (an expression that
+    /// fails to evaluate counts as unmet).
+    fn unmet_requirement(&self, item: &Item) -> Option<&str> {
+        let requires = &self.spec.filter.require;
+        if requires.is_empty() {
+            return None;
+        }
+        let ctx = self.context(&item.event, Some(item), &[]);
+        requires
+            .iter()
+            .find(|expr| !template::eval(&self.env, expr, &ctx).is_ok_and(|v| v.is_true()))
+            .map(String::as_str)
     }
 
     fn context(&self, event: &Event, item: Option<&Item>, steps: &[Value]) -> JinjaValue {
@@ -747,6 +765,12 @@ impl Connector for HttpConnector {
             if !self.takes(event_type) {
                 results[i] = Some(ItemResult::Skipped {
                     reason: format!("{} does not take {event_type} events", self.spec.name),
+                });
+                continue;
+            }
+            if let Some(unmet) = self.unmet_requirement(item) {
+                results[i] = Some(ItemResult::Skipped {
+                    reason: format!("{} requires {unmet}", self.spec.name),
                 });
                 continue;
             }

@@ -237,6 +237,11 @@ pub struct Filter {
     /// but erasure requests.
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// Expressions every delivered event must satisfy (`lead.email`, `lead.event_type in
+    /// settings.event_types`); an event failing one is skipped (counted) with the expression
+    /// as the reason: the vendor can do nothing with it.
+    #[serde(default)]
+    pub require: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -388,7 +393,8 @@ pub struct After {
     /// A JSON pointer to a number in the body.
     #[serde(default)]
     pub json: Option<String>,
-    /// The unit of `json`: `s` (default) or `ms`.
+    /// The unit: `s` (default), `ms`, or `epoch` (a time in epoch seconds to wait until, as
+    /// SendGrid's `X-RateLimit-Reset`).
     #[serde(default)]
     pub unit: Option<String>,
 }
@@ -583,10 +589,10 @@ impl Spec {
                 }
                 if let Some(after) = &rule.after
                     && (after.header.is_some() == after.json.is_some()
-                        || !matches!(after.unit.as_deref(), None | Some("s" | "ms")))
+                        || !matches!(after.unit.as_deref(), None | Some("s" | "ms" | "epoch")))
                 {
                     errors.push(format!(
-                        "{rkey}.after: a `header` or a `json` pointer (unit `s` or `ms`)"
+                        "{rkey}.after: a `header` or a `json` pointer (unit `s`, `ms` or `epoch`)"
                     ));
                 }
             }

@@ -24,7 +24,12 @@ use crate::spec::{SettingType, Spec};
 pub const BUILT_IN: &[(&str, &str)] = &[
     ("amplitude.toml", include_str!("../vendors/amplitude.toml")),
     ("discord.toml", include_str!("../vendors/discord.toml")),
+    ("ga4.toml", include_str!("../vendors/ga4.toml")),
+    ("kit.toml", include_str!("../vendors/kit.toml")),
+    ("mailchimp.toml", include_str!("../vendors/mailchimp.toml")),
     ("mixpanel.toml", include_str!("../vendors/mixpanel.toml")),
+    ("salesforce.toml", include_str!("../vendors/salesforce.toml")),
+    ("sendgrid.toml", include_str!("../vendors/sendgrid.toml")),
     ("teams.toml", include_str!("../vendors/teams.toml")),
     ("telegram.toml", include_str!("../vendors/telegram.toml")),
     ("webhook.toml", include_str!("../vendors/webhook.toml")),

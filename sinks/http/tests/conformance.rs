@@ -30,6 +30,7 @@ async fn discord_vendor() -> Vendor {
         batch: 1,
         retry_signal: true,
         partial_takes_none: false,
+        key: conformance::event_id,
     }
 }
 
@@ -46,6 +47,7 @@ async fn teams_vendor() -> Vendor {
         batch: 1,
         retry_signal: true,
         partial_takes_none: false,
+        key: conformance::event_id,
     }
 }
 
@@ -64,6 +66,7 @@ async fn telegram_vendor() -> Vendor {
         batch: 1,
         retry_signal: true,
         partial_takes_none: false,
+        key: conformance::event_id,
     }
 }
 
@@ -81,24 +84,28 @@ async fn webhook_vendor() -> Vendor {
         batch: 1,
         retry_signal: true,
         partial_takes_none: false,
+        key: conformance::event_id,
     }
 }
 
 conformance!(
     discord,
     discord_vendor(),
-    bad_event_is_dead_lettered_with_the_vendors_answer
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
 );
-conformance!(teams, teams_vendor());
+conformance!(teams, teams_vendor(), bad_credentials_stop_the_sink);
 conformance!(
     telegram,
     telegram_vendor(),
-    bad_event_is_dead_lettered_with_the_vendors_answer
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
 );
 conformance!(
     webhook,
     webhook_vendor(),
-    bad_event_is_dead_lettered_with_the_vendors_answer
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
 );
 
 async fn mixpanel_vendor() -> Vendor {
@@ -117,6 +124,7 @@ async fn mixpanel_vendor() -> Vendor {
         batch: 2000,
         retry_signal: false,
         partial_takes_none: false,
+        key: conformance::event_id,
     }
 }
 
@@ -134,6 +142,7 @@ async fn amplitude_vendor() -> Vendor {
         batch: 2000,
         retry_signal: false,
         partial_takes_none: true,
+        key: conformance::event_id,
     }
 }
 
@@ -141,11 +150,146 @@ conformance!(
     mixpanel,
     mixpanel_vendor(),
     bad_event_is_dead_lettered_with_the_vendors_answer,
-    partial_failure_retries_only_the_failed
+    partial_failure_retries_only_the_failed,
+    bad_credentials_stop_the_sink
 );
 conformance!(
     amplitude,
     amplitude_vendor(),
     bad_event_is_dead_lettered_with_the_vendors_answer,
+    partial_failure_retries_only_the_failed,
+    bad_credentials_stop_the_sink
+);
+
+async fn mailchimp_vendor() -> Vendor {
+    let fake = fakes::mailchimp::FakeMailchimp::start().await;
+    Vendor {
+        name: "mailchimp",
+        settings: vec![
+            ("api_url", fake.api_url()),
+            ("api_key", fakes::mailchimp::API_KEY.to_owned()),
+            ("list_id", fakes::mailchimp::LIST_ID.to_owned()),
+        ],
+        bad_credentials: vec![("api_key", "00000000000000000000000000000000-us21".to_owned())],
+        fake: Arc::new(fake),
+        idempotent: true,
+        batch: 1,
+        retry_signal: false,
+        partial_takes_none: false,
+        // A member is an e-mail address (and the fake keys it by its hash).
+        key: |event| event.person.as_ref().and_then(|p| p.email.clone()).unwrap_or_default(),
+    }
+}
+
+async fn kit_vendor() -> Vendor {
+    let fake = fakes::kit::FakeKit::start().await;
+    Vendor {
+        name: "kit",
+        settings: vec![
+            ("api_url", fake.base_url().to_owned()),
+            ("api_key", fakes::kit::API_KEY.to_owned()),
+            ("tag_id", fakes::kit::TAG_ID.to_string()),
+        ],
+        bad_credentials: vec![("api_key", "kit_00000000000000000000000000000000".to_owned())],
+        fake: Arc::new(fake),
+        idempotent: true,
+        batch: 1,
+        retry_signal: false,
+        partial_takes_none: false,
+        key: conformance::event_id,
+    }
+}
+
+async fn sendgrid_vendor() -> Vendor {
+    let fake = fakes::sendgrid::FakeSendgrid::start().await;
+    Vendor {
+        name: "sendgrid",
+        settings: vec![
+            ("api_url", fake.base_url().to_owned()),
+            ("api_key", fakes::sendgrid::API_KEY.to_owned()),
+            ("from_email", "leads@nectar.example".to_owned()),
+            ("template_id", "d-0123456789abcdef0123456789abcdef".to_owned()),
+            // Every type the sample events have.
+            (
+                "event_types",
+                "form.submitted,lead.captured,payment.succeeded,email.clicked".to_owned(),
+            ),
+        ],
+        bad_credentials: vec![("api_key", "SG.not.the-key".to_owned())],
+        fake: Arc::new(fake),
+        idempotent: false,
+        batch: 1,
+        retry_signal: false,
+        partial_takes_none: false,
+        key: conformance::event_id,
+    }
+}
+
+async fn ga4_vendor() -> Vendor {
+    let fake = fakes::ga4::FakeGa4::start().await;
+    Vendor {
+        name: "ga4",
+        settings: vec![
+            ("api_url", fake.base_url().to_owned()),
+            ("measurement_id", fakes::ga4::MEASUREMENT_ID.to_owned()),
+            ("api_secret", fakes::ga4::API_SECRET.to_owned()),
+        ],
+        // GA4 accepts wrong credentials silently (204); there is nothing to stop on.
+        bad_credentials: vec![],
+        fake: Arc::new(fake),
+        idempotent: false,
+        batch: 1,
+        retry_signal: false,
+        partial_takes_none: false,
+        key: conformance::event_id,
+    }
+}
+
+async fn salesforce_vendor() -> Vendor {
+    let (fake, key) = fakes::salesforce::FakeSalesforce::start_with_new_key().await;
+    let other = fakes::bigquery::TestKey::generate();
+    Vendor {
+        name: "salesforce",
+        settings: vec![
+            ("login_url", fake.login_url().to_owned()),
+            ("instance_url", fake.login_url().to_owned()),
+            ("consumer_key", fakes::salesforce::CONSUMER_KEY.to_owned()),
+            ("username", fakes::salesforce::USERNAME.to_owned()),
+            ("private_key", key.private_pem),
+        ],
+        bad_credentials: vec![("private_key", other.private_pem)],
+        fake: Arc::new(fake),
+        idempotent: true,
+        batch: 200,
+        retry_signal: false,
+        partial_takes_none: false,
+        key: conformance::event_id,
+    }
+}
+
+conformance!(
+    mailchimp,
+    mailchimp_vendor(),
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
+);
+conformance!(
+    kit,
+    kit_vendor(),
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
+);
+conformance!(
+    sendgrid,
+    sendgrid_vendor(),
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
+);
+conformance!(ga4, ga4_vendor());
+conformance!(
+    salesforce,
+    salesforce_vendor(),
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink,
     partial_failure_retries_only_the_failed
 );

@@ -25,6 +25,10 @@ use crate::http::{error_chain, excerpt};
 /// Refresh this long before the token endpoint's expiry, so a token never expires in flight.
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
+/// How long an assertion is valid: Salesforce wants `exp` "within 3 minutes"; Google allows
+/// an hour.
+const ASSERTION_LIFETIME: u64 = 150;
+
 /// The grant type of a JWT bearer assertion (RFC 7523 §2.1).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -274,7 +278,7 @@ impl TokenSource {
             .unwrap_or_default()
             .as_secs();
         let mut claims = serde_json::json!({
-            "iss": issuer, "aud": audience, "iat": now, "exp": now + 300,
+            "iss": issuer, "aud": audience, "iat": now, "exp": now + ASSERTION_LIFETIME,
         });
         if let Some(sub) = subject {
             claims["sub"] = sub.clone().into();

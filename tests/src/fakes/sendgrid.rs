@@ -24,8 +24,8 @@
 //!
 //! The fake's wording: the 401 message ("The provided authorization grant is invalid, expired, or
 //! revoked", as SendGrid words it in practice), the `from`/`subject`/`content` requirement
-//! texts. Injections: outage 500; `refuse` → 403 "The from address does not match a verified
-//! Sender Identity."; `fail_once` → 500 once.
+//! texts. Injections: outage 500; `refuse` → 400 "Does not contain a valid address." (field
+//! `personalizations.0.to.0.email`); `fail_once` → 500 once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -242,8 +242,12 @@ async fn send(State((script, emails)): State<(Script, Shared)>, headers: HeaderM
     }
     match script.verdict(&String::from_utf8_lossy(&body)) {
         Verdict::Refuse => {
-            let message = "The from address does not match a verified Sender Identity. Mail cannot be sent until this error is resolved.";
-            return errors(StatusCode::FORBIDDEN, &[(message, Some("from"))]);
+            // A recipient SendGrid will not take (its documented per-address validation error).
+            let field = "personalizations.0.to.0.email";
+            return errors(
+                StatusCode::BAD_REQUEST,
+                &[("Does not contain a valid address.", Some(field))],
+            );
         }
         Verdict::FailOnce => return errors(StatusCode::INTERNAL_SERVER_ERROR, &[("internal error", None)]),
         Verdict::Accept => {}
