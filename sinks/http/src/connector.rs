@@ -27,6 +27,8 @@ struct CompiledStep {
     step: Step,
     /// The first request step: its body carries the idempotency key (`in = "body"`).
     keyed: bool,
+    /// Whether the step sends batches (request steps of a batching spec; never erasure).
+    batched: bool,
     label: String,
     url: Compiled,
     headers: Vec<(String, Compiled)>,
@@ -86,17 +88,20 @@ fn compile_headers(
         .collect()
 }
 
-fn compile_step(env: &mut Environment<'static>, key: &str, step: &Step) -> Result<CompiledStep, String> {
+fn compile_step(env: &mut Environment<'static>, key: &str, step: &Step, spec: &Spec) -> Result<CompiledStep, String> {
+    // HTML bodies: every string is a text template, so every value is escaped.
+    let typed = spec.escape != Escape::Html;
     Ok(CompiledStep {
         step: step.clone(),
         keyed: key == "request[0]",
+        batched: key.starts_with("request") && spec.batched(),
         label: step.name.clone().unwrap_or_else(|| key.to_owned()),
         url: compile_str(env, &format!("{key}.url"), &step.url)?,
         headers: compile_headers(env, key, &step.headers)?,
         body: step
             .body
             .as_ref()
-            .map(|b| template::compile(env, &format!("{key}.body"), b))
+            .map(|b| template::compile_with(env, &format!("{key}.body"), b, typed))
             .transpose()?,
         batch: step
             .batch
@@ -293,15 +298,19 @@ impl HttpConnector {
             .request
             .iter()
             .enumerate()
-            .map(|(i, s)| compile_step(&mut env, &format!("request[{i}]"), s))
+            .map(|(i, s)| compile_step(&mut env, &format!("request[{i}]"), s, &spec))
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
         let erasure = spec
             .erasure
             .as_ref()
-            .map(|s| compile_step(&mut env, "erasure", s))
+            .map(|s| compile_step(&mut env, "erasure", s, &spec))
             .transpose()
             .map_err(err)?;
+        if let Some(expr) = &spec.limits.distinct_by {
+            env.compile_expression(expr)
+                .map_err(|e| err(format!("limits.distinct_by: invalid expression `{expr}`: {e}")))?;
+        }
         for (i, expr) in spec.filter.require.iter().enumerate() {
             env.compile_expression(expr)
                 .map_err(|e| err(format!("filter.require[{i}]: invalid expression `{expr}`: {e}")))?;
@@ -415,7 +424,7 @@ impl HttpConnector {
         }
         let body = if step.body.is_none() {
             None
-        } else if self.spec.batched() {
+        } else if step.batched {
             Some(match step.step.encoding {
                 Encoding::Ndjson => {
                     let mut out = Vec::new();
@@ -495,7 +504,7 @@ impl HttpConnector {
                 }
                 request = request.body(bytes.clone());
             }
-            let request = match self.auth.apply(request).await {
+            let (request, token) = match self.auth.apply(request).await {
                 Ok(r) => r,
                 Err(AuthError::Rejected(m)) => {
                     return Sent::Failed(DeliveryError::Fatal(format!("credentials rejected: {m}")));
@@ -511,7 +520,14 @@ impl HttpConnector {
             let headers = response.headers().clone();
             let text = response.text().await.unwrap_or_default();
             if status == reqwest::StatusCode::UNAUTHORIZED && self.auth.refreshes() && !refreshed {
-                self.auth.invalidate().await;
+                tracing::info!(vendor = %self.spec.name, "the vendor refused the access token; refreshing it once");
+                match self.auth.refresh(token.as_deref()).await {
+                    Ok(()) => {}
+                    Err(AuthError::Rejected(m)) => {
+                        return Sent::Failed(DeliveryError::Fatal(format!("credentials rejected: {m}")));
+                    }
+                    Err(AuthError::Unavailable(m)) => return Sent::Failed(DeliveryError::retry(m)),
+                }
                 refreshed = true;
                 continue;
             }
@@ -567,6 +583,29 @@ impl HttpConnector {
             }
         }
         Ok(ItemResult::Delivered)
+    }
+
+    /// The batch as requests whose events have distinct `limits.distinct_by` values: the
+    /// first event of each value in the first, the second in the next, and so on (so one
+    /// lead's events keep their order).
+    fn layers(&self, items: &[Item], bodies: Vec<(usize, Value)>) -> Vec<Vec<(usize, Value)>> {
+        let Some(expr) = &self.spec.limits.distinct_by else {
+            return if bodies.is_empty() { vec![] } else { vec![bodies] };
+        };
+        let mut layers: Vec<Vec<(usize, Value)>> = Vec::new();
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, body) in bodies {
+            let ctx = self.context(&items[i].event, Some(&items[i]), &[]);
+            let value = template::eval(&self.env, expr, &ctx)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let layer = seen.entry(value).and_modify(|n| *n += 1).or_insert(0);
+            if layers.len() <= *layer {
+                layers.push(Vec::new());
+            }
+            layers[*layer].push((i, body));
+        }
+        layers
     }
 
     /// Deliver a batch of events (indices into `items`) in one request, splitting it when it
@@ -784,8 +823,8 @@ impl Connector for HttpConnector {
                 Err(e) => results[i] = Some(ItemResult::reject(format!("cannot render: {e}"), "")),
             }
         }
-        if !bodies.is_empty() {
-            for (i, result) in self.deliver_batch(items, &bodies).await? {
+        for layer in self.layers(items, bodies) {
+            for (i, result) in self.deliver_batch(items, &layer).await? {
                 results[i] = Some(result);
             }
         }

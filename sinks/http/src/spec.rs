@@ -37,7 +37,9 @@ pub struct Spec {
     #[serde(default)]
     pub filter: Filter,
     /// How template output is escaped: `none` (JSON bodies escape themselves) or `html`
-    /// (Telegram's `parse_mode = "HTML"`).
+    /// (Telegram's `parse_mode = "HTML"`): every body string is then a text template, HTML-
+    /// escaped, even a sole `{{ expression }}` (so body values are strings). URLs and headers
+    /// are never escaped.
     #[serde(default)]
     pub escape: Escape,
     /// The requests that deliver one event (or one batch): several steps run in order, each
@@ -203,7 +205,8 @@ pub struct Limits {
     /// Most bytes of a request body; a larger batch is split, a single larger event rejected.
     #[serde(default)]
     pub max_bytes: Option<usize>,
-    /// Requests per second (`sink.rate_limit_per_second`).
+    /// Deliveries per second (`sink.rate_limit_per_second`): one event with all its steps, or
+    /// one batch. A spec with chained steps divides the vendor's request quota by its steps.
     #[serde(default)]
     pub rate_per_second: Option<f64>,
     /// Burst above the rate (`sink.rate_limit_burst`).
@@ -212,6 +215,11 @@ pub struct Limits {
     /// Requests in flight (`sink.concurrency`).
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// An expression whose value may appear once per batch request (Salesforce refuses two
+    /// records with the same external id in one call): later events with a value already in
+    /// the request go in a following request, in order.
+    #[serde(default)]
+    pub distinct_by: Option<String>,
 }
 
 fn one() -> usize {
@@ -226,6 +234,7 @@ impl Default for Limits {
             rate_per_second: None,
             burst: None,
             concurrency: None,
+            distinct_by: None,
         }
     }
 }
@@ -560,7 +569,7 @@ impl Spec {
                 if let Some(StatusMatch::Class(c)) = &rule.status
                     && !matches!(c.as_str(), "1xx" | "2xx" | "3xx" | "4xx" | "5xx")
                 {
-                    errors.push(format!("{rkey}.status: a class is `2xx`, `4xx` or `5xx`"));
+                    errors.push(format!("{rkey}.status: a class is `1xx` … `5xx`"));
                 }
                 let mut pointers: Vec<&str> = Vec::new();
                 pointers.extend(rule.json.iter().map(|j| j.pointer.as_str()));

@@ -293,3 +293,47 @@ conformance!(
     bad_credentials_stop_the_sink,
     partial_failure_retries_only_the_failed
 );
+
+/// Salesforce refuses a request that names one external id twice: several events of one lead
+/// in a batch go out in successive requests, and the lead is upserted, not refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn salesforce_events_of_one_lead_in_one_batch_upsert_one_lead() {
+    use nectar_tests::sink::{for_lead, fresh_sink_topics, produce_events, sample_events, sink_env, wait_until};
+    let vendor = salesforce_vendor().await;
+    let topics = fresh_sink_topics("salesforce").await;
+    let lead = nectar_tests::unique("ws-test:one-lead");
+    let events = for_lead(sample_events(5, "one-lead"), &lead);
+    produce_events(&topics.deliver, &events).await;
+    let mut env: Vec<(String, String)> = vendor
+        .settings
+        .iter()
+        .map(|(k, v)| (format!("NECTAR_TARGET__{}", k.to_uppercase()), v.clone()))
+        .collect();
+    env.push(("NECTAR_TARGET__VENDOR".into(), "salesforce".into()));
+    env.extend(sink_env(&topics, &[("NECTAR_SINK__RATE_LIMIT_PER_SECOND", "0")]));
+    let mut sink = nectar_tests::ServiceProcess::start(nectar_tests::service_binary("nectar-sink-http"), env);
+    let last = events[4].envelope.event_id.clone();
+    wait_until(
+        "the lead's last event upserted",
+        std::time::Duration::from_secs(60),
+        || async { vendor.copies(&last) == 1 },
+    )
+    .await;
+    sink.terminate();
+    let records: Vec<_> = vendor
+        .fake
+        .stored()
+        .into_iter()
+        .filter(|r| r["Nectar_Id__c"] == lead.as_str())
+        .collect();
+    assert_eq!(records.len(), 1, "one Lead for the lead key");
+    let refused = vendor
+        .fake
+        .script()
+        .writes()
+        .iter()
+        .filter(|w| String::from_utf8_lossy(&w.answer).contains("DUPLICATE_VALUE"))
+        .count();
+    assert_eq!(refused, 0, "no request named the external id twice");
+    assert_eq!(nectar_tests::count_records(&topics.dlq).await, 0);
+}

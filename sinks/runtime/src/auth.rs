@@ -67,15 +67,19 @@ pub enum Auth {
 }
 
 impl Auth {
-    /// Add the credential to `request`.
-    pub async fn apply(&self, request: RequestBuilder) -> Result<RequestBuilder, AuthError> {
+    /// Add the credential to `request`. Also returns the access token used, for
+    /// [`Auth::refresh`] when the target refuses it.
+    pub async fn apply(&self, request: RequestBuilder) -> Result<(RequestBuilder, Option<String>), AuthError> {
         Ok(match self {
-            Auth::None => request,
-            Auth::Bearer(token) => request.bearer_auth(token.expose()),
-            Auth::Basic { username, password } => request.basic_auth(username, Some(password.expose())),
-            Auth::Header { name, value } => request.header(name.as_str(), value.expose().as_str()),
-            Auth::Query { name, value } => request.query(&[(name.as_str(), value.expose().as_str())]),
-            Auth::OAuth2(source) => request.bearer_auth(source.token().await?.expose()),
+            Auth::None => (request, None),
+            Auth::Bearer(token) => (request.bearer_auth(token.expose()), None),
+            Auth::Basic { username, password } => (request.basic_auth(username, Some(password.expose())), None),
+            Auth::Header { name, value } => (request.header(name.as_str(), value.expose().as_str()), None),
+            Auth::Query { name, value } => (request.query(&[(name.as_str(), value.expose().as_str())]), None),
+            Auth::OAuth2(source) => {
+                let token = source.token().await?;
+                (request.bearer_auth(&token), Some(token))
+            }
         })
     }
 
@@ -84,11 +88,12 @@ impl Auth {
         matches!(self, Auth::OAuth2(_))
     }
 
-    /// Forget the cached token: the target refused it.
-    pub async fn invalidate(&self) {
-        if let Auth::OAuth2(source) = self {
-            source.state.lock().await.cached = None;
+    /// The target refused `stale`: fetch a new token (unless another request already did).
+    pub async fn refresh(&self, stale: Option<&str>) -> Result<(), AuthError> {
+        if let (Auth::OAuth2(source), Some(stale)) = (self, stale) {
+            source.refresh(stale).await?;
         }
+        Ok(())
     }
 }
 
@@ -138,12 +143,14 @@ struct TokenState {
     cached: Option<(Sensitive<String>, Instant)>,
 }
 
+/// RFC 6749 §5.1 (HubSpot's newer reference pages show camelCase names: both are read).
 #[derive(Deserialize)]
 struct TokenResponse {
+    #[serde(alias = "accessToken")]
     access_token: String,
-    #[serde(default)]
+    #[serde(default, alias = "expiresIn")]
     expires_in: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "refreshToken")]
     refresh_token: Option<String>,
 }
 
@@ -176,12 +183,23 @@ impl TokenSource {
 
     /// The current access token, fetching a new one when none is cached or it is about to
     /// expire.
-    pub async fn token(&self) -> Result<Sensitive<String>, AuthError> {
+    pub async fn token(&self) -> Result<String, AuthError> {
+        self.fetch(None).await
+    }
+
+    /// A new token after the target refused `stale` (the cached one, unless another request
+    /// refreshed it meanwhile: then that one).
+    pub async fn refresh(&self, stale: &str) -> Result<String, AuthError> {
+        self.fetch(Some(stale)).await
+    }
+
+    async fn fetch(&self, stale: Option<&str>) -> Result<String, AuthError> {
         let mut state = self.state.lock().await;
         if let Some((token, until)) = &state.cached
             && Instant::now() < *until
+            && stale != Some(token.expose().as_str())
         {
-            return Ok(token.clone());
+            return Ok(token.expose().clone());
         }
         let mut form: Vec<(String, String)> = Vec::new();
         let mut request = self.http.post(&self.token_url);
@@ -253,12 +271,11 @@ impl TokenSource {
             .map_err(|e| AuthError::Unavailable(format!("token endpoint answered {e}: {}", excerpt(&text))))?;
         let lifetime = token.expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs);
         let until = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN).max(Duration::from_secs(1));
-        if let Some(rotated) = token.refresh_token {
+        if let Some(rotated) = token.refresh_token.filter(|r| !r.is_empty()) {
             state.refresh_token = Some(Sensitive::new(rotated));
         }
-        let access = Sensitive::new(token.access_token);
-        state.cached = Some((access.clone(), until));
-        Ok(access)
+        state.cached = Some((Sensitive::new(token.access_token.clone()), until));
+        Ok(token.access_token)
     }
 
     fn assertion(&self) -> Result<String, AuthError> {

@@ -167,10 +167,21 @@ fn sole_expression(s: &str) -> Option<&str> {
 /// Compile every string of `value` as a template into `env` (names start with `prefix`); the
 /// error names the key path.
 pub fn compile(env: &mut Environment<'static>, prefix: &str, value: &Value) -> Result<Compiled, String> {
+    compile_with(env, prefix, value, true)
+}
+
+/// [`compile`]; with `typed` false, a sole `{{ expression }}` is a text template too, so the
+/// environment's auto-escaping applies to every string (HTML bodies).
+pub fn compile_with(
+    env: &mut Environment<'static>,
+    prefix: &str,
+    value: &Value,
+    typed: bool,
+) -> Result<Compiled, String> {
     Ok(match value {
         Value::String(s) if !s.contains("{{") && !s.contains("{%") => Compiled::Literal(value.clone()),
         Value::String(s) => {
-            if let Some(expr) = sole_expression(s) {
+            if let Some(expr) = sole_expression(s).filter(|_| typed) {
                 env.compile_expression(expr)
                     .map_err(|e| format!("{prefix}: invalid expression `{expr}`: {e}"))?;
                 Compiled::Expr(Arc::from(expr))
@@ -184,12 +195,12 @@ pub fn compile(env: &mut Environment<'static>, prefix: &str, value: &Value) -> R
             values
                 .iter()
                 .enumerate()
-                .map(|(i, v)| compile(env, &format!("{prefix}[{i}]"), v))
+                .map(|(i, v)| compile_with(env, &format!("{prefix}[{i}]"), v, typed))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => Compiled::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), compile(env, &format!("{prefix}.{k}"), v)?)))
+                .map(|(k, v)| Ok((k.clone(), compile_with(env, &format!("{prefix}.{k}"), v, typed)?)))
                 .collect::<Result<_, String>>()?,
         ),
         other => Compiled::Literal(other.clone()),
@@ -205,6 +216,8 @@ pub fn render_value(env: &Environment<'static>, compiled: &Compiled, ctx: &Jinja
             let value = eval(env, expr, ctx)?;
             if value.is_undefined() || value.is_none() {
                 Value::Null
+            } else if value.as_str().is_some_and(|s| s.len() > MAX_RENDERED) {
+                return Err(format!("`{expr}` rendered more than {MAX_RENDERED} bytes"));
             } else {
                 serde_json::to_value(&value).map_err(|e| format!("`{expr}` is not JSON: {e}"))?
             }

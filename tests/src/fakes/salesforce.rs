@@ -15,6 +15,11 @@
 //!   …}]}`; up to 200 records, all of the URI's type, no `Id`; a malformed request is 400, else
 //!   200 with one `{"id", "success", "errors": [{"statusCode", "message", "fields"}], "created"}`
 //!   per record in order; `allOrNone` rolls everything back if one fails.
+//! - Upserting — <https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_upsert.htm>:
+//!   "If the key is matched multiple times, then an error is generated and the object record is
+//!   neither inserted or updated" — here each record whose external id repeats in the request
+//!   fails `DUPLICATE_VALUE` "Duplicate external id specified: <value>" (the wording Salesforce
+//!   answers, as reported on salesforce.stackexchange.com/questions/104048).
 //! - Errors — <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm>:
 //!   `[{"message", "errorCode"}]`; 401 `INVALID_SESSION_ID`; over the org's API allocation
 //!   **403 `REQUEST_LIMIT_EXCEEDED`, not 429**
@@ -294,11 +299,25 @@ async fn upsert(
     }
     let mut results = Vec::new();
     let mut writes = Vec::new();
+    // "If the key is matched multiple times, then an error is generated and the object record
+    // is neither inserted or updated": every record whose external id repeats in the request.
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
     for record in records {
-        let key = (sobject.clone(), record[&field].as_str().unwrap_or_default().to_owned());
+        *uses
+            .entry(record[&field].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    for record in records {
+        let value = record[&field].as_str().unwrap_or_default().to_owned();
+        let key = (sobject.clone(), value.clone());
         let exists = org.records.contains_key(&key);
-        let failure =
-            check_record(record, &sobject, &field, exists).or_else(|| match script.verdict(&record.to_string()) {
+        let duplicate = (uses[&value] > 1).then(|| {
+            let message = format!("Duplicate external id specified: {value}");
+            ("DUPLICATE_VALUE".to_owned(), message, vec![field.clone()])
+        });
+        let failure = duplicate
+            .or_else(|| check_record(record, &sobject, &field, exists))
+            .or_else(|| match script.verdict(&record.to_string()) {
                 Verdict::Accept => None,
                 Verdict::Refuse => Some((
                     "FIELD_CUSTOM_VALIDATION_EXCEPTION".into(),
