@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::answer::{Answer, BatchInputs, Outcome, read_batch};
-use crate::auth::{Auth, AuthError};
+use nectar_sink::auth::{Auth, AuthError, Grant, TokenSource};
 use crate::config::HubspotConfig;
 use crate::mapping::{ContactGroup, Mapper, group};
 
@@ -69,21 +69,27 @@ impl CallError {
 }
 
 impl HubspotConnector {
-    pub fn new(config: &HubspotConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("nectar-sink-hubspot/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()?;
+    pub fn new(config: &HubspotConfig, request_timeout: Duration) -> anyhow::Result<Self> {
+        let http = nectar_sink::http::client(request_timeout)?;
         let mapper = Mapper::new(config).map_err(anyhow::Error::msg)?;
+        // A private app's static token, or OAuth: an access token from HubSpot's token
+        // endpoint (`grant_type=refresh_token`), cached, refreshed once on a 401.
+        let auth = match (&config.oauth, &config.access_token) {
+            (Some(o), _) => Auth::OAuth2(Box::new(TokenSource::new(
+                config.token_url().unwrap_or_default(),
+                Grant::RefreshToken {
+                    client_id: o.client_id.clone(),
+                    client_secret: o.client_secret.clone(),
+                },
+                Some(o.refresh_token.clone()),
+                http.clone(),
+            ))),
+            (None, Some(token)) => Auth::Bearer(token.clone()),
+            (None, None) => Auth::None,
+        };
         Ok(Self {
             base: config.api_base().to_owned(),
-            auth: Auth::new(
-                config.access_token.as_ref(),
-                config.oauth.as_ref(),
-                config.token_url(),
-                http.clone(),
-            ),
+            auth,
             http,
             mapper,
         })
@@ -91,35 +97,38 @@ impl HubspotConnector {
 
     /// One authenticated request; with OAuth, a 401 refreshes the token and tries once more.
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, CallError> {
-        let token = self.auth.token().await.map_err(CallError::Auth)?;
-        let answer = self.send(method.clone(), path, body, &token).await?;
-        if answer.status == StatusCode::UNAUTHORIZED && self.auth.refreshable() {
-            tracing::info!("HubSpot refused the access token; refreshing it once");
-            let fresh = self.auth.refresh_after_401(&token).await.map_err(CallError::Auth)?;
-            return self.send(method, path, body, &fresh).await;
+        let mut refreshed = false;
+        loop {
+            let request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .header(reqwest::header::ACCEPT, "application/json");
+            let (request, token) = self.auth.apply(request).await.map_err(CallError::Auth)?;
+            let answer = self.send(request, body).await?;
+            if answer.status == StatusCode::UNAUTHORIZED && self.auth.refreshes() && !refreshed {
+                tracing::info!("HubSpot refused the access token; refreshing it once");
+                self.auth.refresh(token.as_deref()).await.map_err(CallError::Auth)?;
+                refreshed = true;
+                continue;
+            }
+            return Ok(answer);
         }
-        Ok(answer)
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>, token: &str) -> Result<Answer, CallError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header(reqwest::header::ACCEPT, "application/json");
+    async fn send(&self, mut request: reqwest::RequestBuilder, body: Option<&Value>) -> Result<Answer, CallError> {
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = request
             .send()
             .await
-            .map_err(|e| CallError::Transport(error_chain(&e)))?;
+            .map_err(|e| CallError::Transport(error_chain(&e.without_url())))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .text()
             .await
-            .map_err(|e| CallError::Transport(error_chain(&e)))?;
+            .map_err(|e| CallError::Transport(error_chain(&e.without_url())))?;
         Ok(Answer { status, headers, body })
     }
 
@@ -219,7 +228,7 @@ impl HubspotConnector {
                             )))
                         }
                         Outcome::Failed(r) => {
-                            results[g] = Some(annotate(
+                            results[g] = Some(ItemResult::prefixed(
                                 r.clone(),
                                 &format!("contact {} upserted, but ", groups[g].email),
                             ))
@@ -264,7 +273,7 @@ impl HubspotConnector {
                 for ((g, _, _), outcome) in pairs.into_iter().zip(outcomes) {
                     results[g] = Some(match outcome {
                         Outcome::Done(_) => ItemResult::Delivered,
-                        Outcome::Failed(r) => annotate(r, &format!("contact {} upserted, but ", groups[g].email)),
+                        Outcome::Failed(r) => r.prefixed(&format!("contact {} upserted, but ", groups[g].email)),
                     });
                 }
             }
@@ -376,21 +385,8 @@ fn result_keys(r: &Value, key_property: &str) -> Vec<String> {
     keys
 }
 
-fn annotate(result: ItemResult, prefix: &str) -> ItemResult {
-    match result {
-        ItemResult::Retry { reason, after } => ItemResult::Retry {
-            reason: format!("{prefix}{reason}"),
-            after,
-        },
-        ItemResult::Reject { reason, response } => ItemResult::Reject {
-            reason: format!("{prefix}{reason}"),
-            response,
-        },
-        ItemResult::Delivered => ItemResult::Delivered,
-    }
-}
-
-/// The start check's reading of a status.
+/// The start check's reading of a status: the one rule every sink shares, with HubSpot's
+/// message and category and what to check.
 fn start_status(answer: &Answer, request: &str) -> Result<(), StartError> {
     if answer.status.is_success() {
         return Ok(());
@@ -400,22 +396,17 @@ fn start_status(answer: &Answer, request: &str) -> Result<(), StartError> {
         .get("message")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .unwrap_or_else(|| nectar_sink::http::excerpt(&answer.body));
-    let cat = crate::answer::category(&body)
-        .map(|c| format!(", {c}"))
-        .unwrap_or_default();
-    let status = answer.status.as_u16();
-    Err(match answer.status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StartError::Credentials(format!(
-            "HubSpot answered HTTP {status}{cat} to {request}: {msg} (check target.access_token or target.oauth, and the app's scopes)"
-        )),
-        StatusCode::NOT_FOUND => {
-            StartError::Config(format!("target.api_url: HubSpot answered HTTP 404 to {request}: {msg}"))
+        .unwrap_or_else(|| answer.body.clone());
+    let what = match crate::answer::category(&body) {
+        Some(category) => format!("HubSpot ({category}, {request})"),
+        None => format!("HubSpot ({request})"),
+    };
+    Err(match nectar_sink::http::start_status(answer.status, &what, &msg) {
+        StartError::Credentials(m) => {
+            StartError::Credentials(format!("{m} (check target.access_token or target.oauth, and the app's scopes)"))
         }
-        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
-            StartError::Unreachable(format!("HubSpot answered HTTP {status}{cat} to {request}: {msg}"))
-        }
-        _ => StartError::Config(format!("HubSpot answered HTTP {status}{cat} to {request}: {msg}")),
+        StartError::Config(m) if answer.status == StatusCode::NOT_FOUND => StartError::Config(format!("target.api_url: {m}")),
+        other => other,
     })
 }
 
@@ -595,7 +586,7 @@ mod tests {
     async fn one_call_merges_rejects_and_writes_the_rest() {
         let fake = FakeHubspot::start().await;
         fake.reject_email("bob@example.com");
-        let c = HubspotConnector::new(&config(&fake)).unwrap();
+        let c = HubspotConnector::new(&config(&fake), Duration::from_secs(10)).unwrap();
         c.start().await.unwrap();
         let items = [
             item("e1", Some("ada@example.com"), "Ada", None),
@@ -622,7 +613,7 @@ mod tests {
     #[tokio::test]
     async fn whole_call_failures_are_errors_not_item_results() {
         let fake = FakeHubspot::start().await;
-        let c = HubspotConnector::new(&config(&fake)).unwrap();
+        let c = HubspotConnector::new(&config(&fake), Duration::from_secs(10)).unwrap();
         let items = [item("e1", Some("ada@example.com"), "Ada", None)];
         fake.rate_limit_next(1, Duration::from_secs(3));
         let err = c
@@ -660,7 +651,7 @@ mod tests {
         let fake = FakeHubspot::start().await;
         let mut config = config(&fake);
         config.companies = true;
-        let c = HubspotConnector::new(&config).unwrap();
+        let c = HubspotConnector::new(&config, Duration::from_secs(10)).unwrap();
         c.start().await.unwrap();
         let items = [
             item("e1", Some("ada@example.com"), "Ada", Some("Engines.example")),
@@ -685,18 +676,18 @@ mod tests {
         let mut cfg = config(&fake);
         cfg.properties
             .insert("nectar_score".into(), PropertySource::Fields("score.value".into()));
-        let err = HubspotConnector::new(&cfg).unwrap().start().await.unwrap_err();
+        let err = HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap_err();
         assert!(
             matches!(&err, StartError::Config(m) if m.contains("target.properties.nectar_score")),
             "{err:?}"
         );
         fake.add_contact_property("nectar_score");
-        HubspotConnector::new(&cfg).unwrap().start().await.unwrap();
+        HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap();
 
         let mut cfg = config(&fake);
         cfg.companies = true;
         cfg.company_id_property = "domain".into();
-        let err = HubspotConnector::new(&cfg).unwrap().start().await.unwrap_err();
+        let err = HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap_err();
         assert!(
             matches!(&err, StartError::Config(m) if m.contains("unique values")),
             "{err:?}"
@@ -704,7 +695,7 @@ mod tests {
 
         let mut cfg = config(&fake);
         cfg.access_token = Some(nectar_core::Sensitive::new("pat-wrong".into()));
-        let err = HubspotConnector::new(&cfg).unwrap().start().await.unwrap_err();
+        let err = HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap_err();
         assert!(
             matches!(&err, StartError::Credentials(m) if m.contains("401") && m.contains("INVALID_AUTHENTICATION")),
             "{err:?}"

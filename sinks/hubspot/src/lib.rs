@@ -3,11 +3,10 @@
 //! the two. See `README.md` for the configuration and the exact delivery guarantee.
 //!
 //! Layout: [`config`] (`[target]`), [`mapping`] (event → properties, same-e-mail merging),
-//! [`auth`] (private-app token or OAuth refresh), [`answer`] (reading HubSpot's answers:
+//! auth from `nectar_sink::auth` (private-app token or OAuth refresh), [`answer`] (reading HubSpot's answers:
 //! every classification), [`connector`] (requests and the start check).
 
 pub mod answer;
-pub mod auth;
 pub mod config;
 pub mod connector;
 pub mod mapping;
@@ -32,6 +31,6 @@ impl Sink for HubspotSink {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn connector(config: &SinkServiceConfig<HubspotConfig>) -> anyhow::Result<HubspotConnector> {
-        HubspotConnector::new(&config.target)
+        HubspotConnector::new(&config.target, std::time::Duration::from_millis(config.sink.request_timeout_ms))
     }
 }

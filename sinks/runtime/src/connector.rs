@@ -75,6 +75,24 @@ pub enum ItemResult {
 }
 
 impl ItemResult {
+    /// The same result with `prefix` before its reason (which step or request failed).
+    pub fn prefixed(self, prefix: &str) -> Self {
+        match self {
+            Self::Retry { reason, after } => Self::Retry {
+                reason: format!("{prefix}{reason}"),
+                after,
+            },
+            Self::Reject { reason, response } => Self::Reject {
+                reason: format!("{prefix}{reason}"),
+                response,
+            },
+            Self::Skipped { reason } => Self::Skipped {
+                reason: format!("{prefix}{reason}"),
+            },
+            Self::Delivered => Self::Delivered,
+        }
+    }
+
     pub fn retry(reason: impl Into<String>) -> Self {
         Self::Retry {
             reason: reason.into(),
@@ -104,6 +122,17 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    /// The same error with `prefix` before its reason.
+    pub fn prefixed(self, prefix: &str) -> Self {
+        match self {
+            Self::Retry { reason, after } => Self::Retry {
+                reason: format!("{prefix}{reason}"),
+                after,
+            },
+            Self::Fatal(reason) => Self::Fatal(format!("{prefix}{reason}")),
+        }
+    }
+
     pub fn retry(reason: impl Into<String>) -> Self {
         Self::Retry {
             reason: reason.into(),

@@ -11,11 +11,15 @@ use crate::connector::{DeliveryError, StartError};
 /// (`request_timeout_ms`, the same limit the runtime puts on a whole delivery call), a
 /// connect timeout, and a `nectar/<version>` user agent.
 pub fn client(request_timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(client_builder(request_timeout).build()?)
+}
+
+/// [`client`] before `build()`, for a connector that adds to it (default headers, a CA).
+pub fn client_builder(request_timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .timeout(request_timeout)
         .connect_timeout(request_timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("nectar/", env!("CARGO_PKG_VERSION")))
-        .build()?)
 }
 
 /// The one start-check rule: how a non-2xx answer to a start check reads. 401 and 403 mean
