@@ -14,6 +14,7 @@ pub mod hubspot;
 pub mod kit;
 pub mod mailchimp;
 pub mod mixpanel;
+pub mod pipedrive;
 pub mod salesforce;
 pub mod sendgrid;
 pub mod slack;
