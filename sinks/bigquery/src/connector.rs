@@ -20,10 +20,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::answer::{InsertAnswer, api_error, is_quota_reason, read_insert_answer};
-use crate::auth::{ServiceAccountKey, TokenError, TokenSource};
+use crate::auth::ServiceAccountKey;
 use crate::config::BigQueryConfig;
 use crate::request;
 use crate::schema::{self, Column};
+use nectar_sink::auth::{AuthError, TokenSource};
 
 /// The record whose fields become top-level columns.
 const HOISTED: &[&str] = &["envelope"];
@@ -33,6 +34,8 @@ const HOISTED: &[&str] = &["envelope"];
 pub struct BigQueryConnector {
     http: reqwest::Client,
     tokens: TokenSource,
+    /// The service account (for messages).
+    account: String,
     config: BigQueryConfig,
     columns: Vec<Column>,
     table_url: String,
@@ -46,12 +49,12 @@ struct Answer {
 }
 
 enum CallError {
-    Token(TokenError),
+    Token(AuthError),
     Transport(reqwest::Error),
 }
 
 impl BigQueryConnector {
-    pub fn new(config: &BigQueryConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &BigQueryConfig, request_timeout: Duration) -> anyhow::Result<Self> {
         let key = match (&config.credentials_file, &config.credentials_json) {
             (Some(path), _) => {
                 ServiceAccountKey::from_file(path).map_err(|e| anyhow::anyhow!("target.credentials_file: {e}"))?
@@ -60,18 +63,16 @@ impl BigQueryConnector {
                 .map_err(|e| anyhow::anyhow!("target.credentials_json: {e}"))?,
             (None, None) => anyhow::bail!("target.credentials_file: required"),
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("nectar-sink-bigquery/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = nectar_sink::http::client(request_timeout)?;
         let key_name = if config.credentials_file.is_some() {
             "target.credentials_file"
         } else {
             "target.credentials_json"
         };
-        let tokens =
-            TokenSource::new(http.clone(), &key, &config.scope).map_err(|e| anyhow::anyhow!("{key_name}: {e}"))?;
+        let tokens = key
+            .token_source(&config.scope, http.clone())
+            .map_err(|e| anyhow::anyhow!("{key_name}: {e}"))?;
+        let account = key.client_email.clone();
         let columns = event_columns()?;
         let api = config.api_url.trim_end_matches('/');
         let table_url = format!(
@@ -81,6 +82,7 @@ impl BigQueryConnector {
         Ok(Self {
             http,
             tokens,
+            account,
             config: config.clone(),
             columns,
             table_url,
@@ -189,22 +191,18 @@ impl BigQueryConnector {
         let reason = api_error(&answer.body)
             .map(|e| e.reason().to_owned())
             .unwrap_or_default();
-        match answer.status {
-            StatusCode::FORBIDDEN if is_quota_reason(&reason) => {
-                StartError::Unreachable(format!("{doing}: BigQuery quota (HTTP 403 {detail})"))
-            }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StartError::Credentials(format!(
-                "{doing} as {} was refused (HTTP {} {detail}); the service account needs the BigQuery Data Editor \
-                 role on dataset {}:{}",
-                self.tokens.account(),
-                answer.status.as_u16(),
+        if answer.status == StatusCode::FORBIDDEN && is_quota_reason(&reason) {
+            return StartError::Unreachable(format!("{doing}: BigQuery quota (HTTP 403 {detail})"));
+        }
+        // The shared rule, with what to check when the account is refused.
+        match nectar_sink::http::start_status(answer.status, doing, &detail) {
+            StartError::Credentials(m) => StartError::Credentials(format!(
+                "{m}: {} was refused; the service account needs the BigQuery Data Editor role on dataset {}:{}",
+                self.account.as_str(),
                 self.config.project,
                 self.config.dataset
             )),
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
-                StartError::Unreachable(format!("{doing}: HTTP {} {detail}", s.as_u16()))
-            }
-            s => StartError::Config(format!("{doing}: unexpected HTTP {} {detail}", s.as_u16())),
+            other => other,
         }
     }
 
@@ -248,7 +246,7 @@ impl BigQueryConnector {
             match read_insert_answer(answer.status, &answer.headers, &answer.body, rows.len(), &table) {
                 InsertAnswer::Unauthorized(detail) => InsertAnswer::Whole(DeliveryError::Fatal(format!(
                     "credentials rejected: BigQuery refused a fresh access token for {} (HTTP 401 {detail})",
-                    self.tokens.account()
+                    self.account.as_str()
                 ))),
                 other => other,
             },
@@ -274,19 +272,18 @@ fn google_detail(body: &str) -> String {
 
 fn start_error(e: CallError, doing: &str) -> StartError {
     match e {
-        CallError::Token(TokenError::Rejected { uri, account, detail }) => StartError::Credentials(format!(
-            "the token endpoint {uri} refused the service account {account}: {detail}. Check the key file \
-             (target.credentials_file): the key may be deleted or the account disabled"
+        CallError::Token(AuthError::Rejected(detail)) => StartError::Credentials(format!(
+            "{detail}. Check the key file (target.credentials_file): the key may be deleted or the account disabled"
         )),
-        CallError::Token(e @ TokenError::Unavailable { .. }) => StartError::Unreachable(e.to_string()),
-        CallError::Transport(e) => StartError::Unreachable(format!("{doing}: {}", error_chain(&e))),
+        CallError::Token(e @ AuthError::Unavailable(_)) => StartError::Unreachable(e.to_string()),
+        CallError::Transport(e) => StartError::Unreachable(format!("{doing}: {}", error_chain(&e.without_url()))),
     }
 }
 
-fn delivery_token_error(e: TokenError) -> DeliveryError {
+fn delivery_token_error(e: AuthError) -> DeliveryError {
     match e {
-        e @ TokenError::Rejected { .. } => DeliveryError::Fatal(format!("credentials rejected: {e}")),
-        e @ TokenError::Unavailable { .. } => DeliveryError::retry(e.to_string()),
+        AuthError::Rejected(m) => DeliveryError::Fatal(format!("credentials rejected: {m}")),
+        e @ AuthError::Unavailable(_) => DeliveryError::retry(e.to_string()),
     }
 }
 

@@ -34,6 +34,9 @@ impl Sink for BigQuerySink {
     const DEFAULTS: &'static str = include_str!("../default.toml");
 
     fn connector(config: &SinkServiceConfig<BigQueryConfig>) -> anyhow::Result<BigQueryConnector> {
-        BigQueryConnector::new(&config.target)
+        BigQueryConnector::new(
+            &config.target,
+            std::time::Duration::from_millis(config.sink.request_timeout_ms),
+        )
     }
 }

@@ -82,7 +82,8 @@ async fn deliver(connector: &BigQueryConnector, items: &[Item]) -> Result<Vec<It
 async fn start_creates_the_partitioned_table_with_the_event_schema() {
     let fake = FakeBigQuery::start().await;
     let table = table_name();
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.key_file())).expect("connector");
+    let connector =
+        BigQueryConnector::new(&config(&fake, &table, fake.key_file()), Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
 
     let resource = fake.table(&table).expect("the sink created the table");
@@ -104,7 +105,7 @@ async fn start_creates_the_partitioned_table_with_the_event_schema() {
     let mut inline = config(&fake, &table, fake.key_file());
     inline.credentials_file = None;
     inline.credentials_json = Some(Sensitive::new(fake.key_file_json(&fake.key)));
-    let again = BigQueryConnector::new(&inline).expect("connector");
+    let again = BigQueryConnector::new(&inline, Duration::from_secs(30)).expect("connector");
     again.start().await.expect("start against the existing table");
     assert_eq!(fake.table_calls(), (2, 1), "(gets, inserts)");
     assert_eq!(fake.token_requests(), 2);
@@ -122,7 +123,8 @@ async fn start_names_the_columns_an_existing_table_lacks() {
             {"name": "occurred_at", "type": "INTEGER"}
         ]),
     );
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.key_file())).expect("connector");
+    let connector =
+        BigQueryConnector::new(&config(&fake, &table, fake.key_file()), Duration::from_secs(30)).expect("connector");
     let Err(StartError::Config(message)) = connector.start().await else {
         panic!("a config error")
     };
@@ -139,7 +141,8 @@ async fn start_names_the_columns_an_existing_table_lacks() {
 async fn start_reports_rejected_credentials_and_a_missing_dataset() {
     let fake = FakeBigQuery::start().await;
     let table = table_name();
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.unknown_key_file())).expect("connector");
+    let connector = BigQueryConnector::new(&config(&fake, &table, fake.unknown_key_file()), Duration::from_secs(30))
+        .expect("connector");
     let Err(StartError::Credentials(message)) = connector.start().await else {
         panic!("credentials rejected")
     };
@@ -147,7 +150,7 @@ async fn start_reports_rejected_credentials_and_a_missing_dataset() {
 
     let mut wrong_dataset = config(&fake, &table, fake.key_file());
     wrong_dataset.dataset = "no_such_dataset".into();
-    let connector = BigQueryConnector::new(&wrong_dataset).expect("connector");
+    let connector = BigQueryConnector::new(&wrong_dataset, Duration::from_secs(30)).expect("connector");
     let Err(StartError::Config(message)) = connector.start().await else {
         panic!("a config error")
     };
@@ -162,7 +165,8 @@ async fn rows_are_the_events_with_insert_ids_and_rfc3339_timestamps() {
     let fake = FakeBigQuery::start().await;
     fake.set_dedup_window(None);
     let table = table_name();
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.key_file())).expect("connector");
+    let connector =
+        BigQueryConnector::new(&config(&fake, &table, fake.key_file()), Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
     let events = sample_events(12, "rows");
     let results = deliver(&connector, &items(&events)).await.expect("delivered");
@@ -198,7 +202,7 @@ async fn an_invalid_row_is_rejected_and_the_stopped_rows_are_retried() {
     let table = table_name();
     let mut cfg = config(&fake, &table, fake.key_file());
     cfg.skip_invalid_rows = false;
-    let connector = BigQueryConnector::new(&cfg).expect("connector");
+    let connector = BigQueryConnector::new(&cfg, Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
     let events = sample_events(5, "stopped");
     let bad = events[2].envelope.event_id.clone();
@@ -238,7 +242,8 @@ async fn an_expired_token_is_refreshed_once_and_a_deleted_account_stops_the_sink
     let fake = FakeBigQuery::start().await;
     fake.set_dedup_window(None);
     let table = table_name();
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.key_file())).expect("connector");
+    let connector =
+        BigQueryConnector::new(&config(&fake, &table, fake.key_file()), Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
     assert_eq!(fake.token_requests(), 1);
 
@@ -265,7 +270,8 @@ async fn tokens_are_renewed_before_they_expire() {
     let fake = FakeBigQuery::start().await;
     fake.set_token_lifetime(2);
     let table = table_name();
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.key_file())).expect("connector");
+    let connector =
+        BigQueryConnector::new(&config(&fake, &table, fake.key_file()), Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
     deliver(&connector, &items(&sample_events(1, "a")))
         .await
@@ -283,7 +289,8 @@ async fn tokens_are_renewed_before_they_expire() {
 async fn whole_request_failures_are_classified() {
     let fake = FakeBigQuery::start().await;
     let table = table_name();
-    let connector = BigQueryConnector::new(&config(&fake, &table, fake.key_file())).expect("connector");
+    let connector =
+        BigQueryConnector::new(&config(&fake, &table, fake.key_file()), Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
     let batch = items(&sample_events(2, "whole"));
 
@@ -302,7 +309,7 @@ async fn whole_request_failures_are_classified() {
 
     let mut gone = config(&fake, "never_created", fake.key_file());
     gone.create_table = false;
-    let connector = BigQueryConnector::new(&gone).expect("connector");
+    let connector = BigQueryConnector::new(&gone, Duration::from_secs(30)).expect("connector");
     let Err(DeliveryError::Fatal(message)) = deliver(&connector, &batch).await else {
         panic!("fatal")
     };
@@ -319,7 +326,7 @@ async fn large_batches_are_split_under_the_request_limit_and_an_oversized_row_is
     let table = table_name();
     let mut cfg = config(&fake, &table, fake.key_file());
     cfg.max_request_bytes = 8 * 1024;
-    let connector = BigQueryConnector::new(&cfg).expect("connector");
+    let connector = BigQueryConnector::new(&cfg, Duration::from_secs(30)).expect("connector");
     connector.start().await.expect("start");
     let mut events = sample_events(30, "split");
     events[7].attributes.insert("blob".into(), "x".repeat(20 * 1024));

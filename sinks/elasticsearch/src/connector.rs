@@ -401,18 +401,9 @@ fn sensitive(value: &str) -> anyhow::Result<HeaderValue> {
 }
 
 /// The start-check meaning of a status: credentials, unreachable (retried), or wrong config.
+/// The shared start-check rule, `None` for a 2xx.
 fn start_status(status: StatusCode, body: &str, what: &str) -> Option<StartError> {
-    if status.is_success() {
-        return None;
-    }
-    let detail = format!("{what} answered HTTP {}: {}", status.as_u16(), excerpt(body));
-    Some(match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StartError::Credentials(detail),
-        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
-            StartError::Unreachable(detail)
-        }
-        _ => StartError::Config(detail),
-    })
+    (!status.is_success()).then(|| nectar_sink::http::start_status(status, what, body))
 }
 
 /// `(distribution, version)` from `GET /`: Elasticsearch has no `distribution`.

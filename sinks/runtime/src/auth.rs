@@ -154,6 +154,13 @@ struct TokenResponse {
     refresh_token: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct TokenErrorAnswer {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
 /// How long a token without `expires_in` is used (Salesforce's answer has none; its session
 /// timeout is at least 15 minutes). A 401 refreshes it earlier.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -261,10 +268,19 @@ impl TokenSource {
             )));
         }
         if !status.is_success() {
+            // RFC 6749 §5.2: `{"error": "invalid_grant", "error_description": "..."}`.
+            let detail = match serde_json::from_str::<TokenErrorAnswer>(&text) {
+                Ok(TokenErrorAnswer {
+                    error,
+                    error_description: Some(d),
+                }) => format!("{error}: {d}"),
+                Ok(TokenErrorAnswer { error, .. }) => error,
+                Err(_) => excerpt(&text),
+            };
             return Err(AuthError::Rejected(format!(
-                "token endpoint answered HTTP {}: {}",
-                status.as_u16(),
-                excerpt(&text)
+                "token endpoint {} answered HTTP {}: {detail}",
+                self.token_url,
+                status.as_u16()
             )));
         }
         let token: TokenResponse = serde_json::from_str(&text)
@@ -276,6 +292,14 @@ impl TokenSource {
         }
         state.cached = Some((Sensitive::new(token.access_token.clone()), until));
         Ok(token.access_token)
+    }
+
+    /// Sign an assertion now (JWT grants), so a key that cannot sign fails at start.
+    pub fn check_signing(&self) -> Result<(), AuthError> {
+        match self.grant {
+            Grant::JwtBearer { .. } => self.assertion().map(|_| ()),
+            _ => Ok(()),
+        }
     }
 
     fn assertion(&self) -> Result<String, AuthError> {
