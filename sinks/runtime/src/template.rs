@@ -49,8 +49,9 @@ pub struct Lead<'a> {
     pub lead_key: Option<&'a str>,
 }
 
+/// The value as given, unless it is empty or only whitespace.
 fn non_blank(s: Option<&String>) -> Option<&str> {
-    s.map(|s| s.trim()).filter(|s| !s.is_empty())
+    s.map(String::as_str).filter(|s| !s.trim().is_empty())
 }
 
 impl<'a> Lead<'a> {
@@ -64,7 +65,7 @@ impl<'a> Lead<'a> {
             .and_then(|p| non_blank(p.last_name.as_ref()))
             .or_else(|| enrichment.and_then(|e| non_blank(e.last_name.as_ref())));
         let joined = {
-            let parts: Vec<&str> = [first_name, last_name].into_iter().flatten().collect();
+            let parts: Vec<&str> = [first_name, last_name].into_iter().flatten().map(str::trim).collect();
             (!parts.is_empty()).then(|| parts.join(" "))
         };
         let name = person

@@ -159,7 +159,7 @@ impl Failure {
 pub fn web_api(status: StatusCode, headers: &HeaderMap, body: &str, what: &str) -> Result<serde_json::Value, Failure> {
     if let Some(e) = classify_status(status, headers, body) {
         let maybe_posted = status != StatusCode::TOO_MANY_REQUESTS && !matches!(e, DeliveryError::Fatal(_));
-        return Err(Failure::call(prefix(e, what), maybe_posted));
+        return Err(Failure::call(e.prefixed(&format!("{what}: ")), maybe_posted));
     }
     let json: serde_json::Value = match serde_json::from_str(body) {
         Ok(v) => v,
@@ -222,17 +222,10 @@ pub fn web_api(status: StatusCode, headers: &HeaderMap, body: &str, what: &str) 
 /// a missing scope are [`StartError::Credentials`], an unavailable Slack is
 /// [`StartError::Unreachable`] (retried), anything else about a channel is
 /// [`StartError::Config`].
-pub fn start_answer(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &str,
-    what: &str,
-) -> Result<serde_json::Value, StartError> {
-    if let Some(e) = classify_status(status, headers, body) {
-        return Err(match e {
-            DeliveryError::Fatal(m) => StartError::Credentials(format!("{what}: {m}")),
-            DeliveryError::Retry { reason, .. } => StartError::Unreachable(format!("{what}: {reason}")),
-        });
+pub fn start_answer(status: StatusCode, body: &str, what: &str) -> Result<serde_json::Value, StartError> {
+    // Slack answers its errors with HTTP 200; any other status reads by the shared rule.
+    if !status.is_success() {
+        return Err(nectar_sink::http::start_status(status, what, body));
     }
     let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
         return Err(StartError::Unreachable(format!(
@@ -283,16 +276,6 @@ fn credentials_hint(code: &str) -> &'static str {
     }
 }
 
-fn prefix(e: DeliveryError, what: &str) -> DeliveryError {
-    match e {
-        DeliveryError::Retry { reason, after } => DeliveryError::Retry {
-            reason: format!("{what}: {reason}"),
-            after,
-        },
-        DeliveryError::Fatal(m) => DeliveryError::Fatal(format!("{what}: {m}")),
-    }
-}
-
 /// An incoming webhook's answer: `200 ok`, or an error string with a status. The webhook is
 /// bound to one channel, so an answer about the channel or the webhook itself (403, 404, 410)
 /// holds for every event: it stops the sink. A 400 is about this message: it is rejected.
@@ -313,7 +296,7 @@ pub fn webhook(status: StatusCode, headers: &HeaderMap, body: &str) -> Result<()
                 false,
             ),
             other => Failure::call(
-                prefix(other, "incoming webhook"),
+                other.prefixed("incoming webhook: "),
                 status != StatusCode::TOO_MANY_REQUESTS,
             ),
         });
@@ -485,8 +468,7 @@ mod tests {
 
     #[test]
     fn start_answers_say_what_is_wrong() {
-        let h = HeaderMap::new();
-        let answer = |body: &str| start_answer(StatusCode::OK, &h, body, "auth.test");
+        let answer = |body: &str| start_answer(StatusCode::OK, body, "auth.test");
         assert!(answer(r#"{"ok": true, "user_id": "U1"}"#).is_ok());
         match answer(r#"{"ok": false, "error": "invalid_auth"}"#) {
             Err(e @ StartError::Credentials(_)) => {
@@ -513,7 +495,7 @@ mod tests {
             Err(StartError::Unreachable(_))
         ));
         assert!(matches!(
-            start_answer(StatusCode::BAD_GATEWAY, &h, "", "auth.test"),
+            start_answer(StatusCode::BAD_GATEWAY, "", "auth.test"),
             Err(StartError::Unreachable(_))
         ));
     }

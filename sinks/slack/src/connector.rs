@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nectar_core::events::{Envelope, Event, LeadScore, Person};
 use nectar_sink::http::{error_chain, excerpt, transport_error};
@@ -51,7 +51,6 @@ pub struct SlackConnector {
     /// Events whose post was sent but not clearly answered.
     uncertain: Mutex<HashSet<String>>,
     /// Slack asked (`Retry-After`) for no requests before this instant.
-    paused_until: Mutex<Option<Instant>>,
     lookup_window: Duration,
 }
 
@@ -77,7 +76,6 @@ impl SlackConnector {
             http,
             ledger: Ledger::default(),
             uncertain: Mutex::new(HashSet::new()),
-            paused_until: Mutex::new(None),
             lookup_window: Duration::from_secs(config.lookup_window_secs),
             config,
         })
@@ -107,7 +105,7 @@ impl SlackConnector {
         let (status, headers, body) = send(request).await.map_err(|e| Failure::Call {
             // A request that never connected was never posted.
             maybe_posted: !e.is_connect(),
-            error: prefixed(transport_error(&e), what),
+            error: transport_error(&e).prefixed(&format!("{what}: ")),
         })?;
         let json = classify::web_api(status, &headers, &body, what)?;
         log_warnings(&json, what);
@@ -179,19 +177,6 @@ impl SlackConnector {
         log.read_done(started, self.lookup_window);
         tracing::debug!(channel, event_id, pages, "read the channel's history for posted events");
         Ok(log.contains(event_id))
-    }
-
-    /// How long Slack still wants no requests, if it asked.
-    fn pause_left(&self) -> Option<Duration> {
-        let until = (*self.paused_until.lock().unwrap_or_else(|e| e.into_inner()))?;
-        let left = until.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
-    }
-
-    fn pause_for(&self, after: Duration) {
-        let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        let end = Instant::now() + after;
-        *until = Some(until.map_or(end, |u| u.max(end)));
     }
 
     fn is_uncertain(&self, event_id: &str) -> bool {
@@ -284,7 +269,7 @@ impl SlackConnector {
             .body(body.to_string());
         let (status, headers, text) = send(request)
             .await
-            .map_err(|e| prefixed(transport_error(&e), "incoming webhook"))?;
+            .map_err(|e| transport_error(&e).prefixed("incoming webhook: "))?;
         match classify::webhook(status, &headers, &text) {
             Ok(()) => Ok(ItemResult::Delivered),
             Err(failure) => into_result(failure),
@@ -311,10 +296,10 @@ impl SlackConnector {
 
     /// A Web API call of the start check.
     async fn start_call(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, StartError> {
-        let (status, headers, body) = send(request)
+        let (status, _, body) = send(request)
             .await
             .map_err(|e| StartError::Unreachable(format!("{what}: {}", error_chain(&e))))?;
-        classify::start_answer(status, &headers, &body, what)
+        classify::start_answer(status, &body, what)
     }
 
     async fn start_bot(&self) -> Result<(), StartError> {
@@ -394,27 +379,14 @@ impl Connector for SlackConnector {
     }
 
     async fn deliver(&self, delivery: Delivery<'_>) -> Result<Vec<ItemResult>, DeliveryError> {
-        // The runtime sends the other requests of a batch while one waits out a 429; Slack's
-        // limit is per app and channel, so none may go out until its Retry-After has passed.
-        if let Some(wait) = self.pause_left() {
-            return Err(DeliveryError::Retry {
-                reason: format!("waiting out Slack's Retry-After ({} ms left)", wait.as_millis()),
-                after: Some(wait),
-            });
-        }
+        // A 429's Retry-After (whole request or item) is held by the runtime: no request of
+        // this sink leaves before it has passed (Slack's limit is per app and channel).
         let mut results = Vec::with_capacity(delivery.items.len());
         for (i, item) in delivery.items.iter().enumerate() {
             let result = match self.config.mode {
                 Mode::Bot => self.deliver_bot(item).await,
                 Mode::Webhook => self.deliver_webhook(item).await,
             };
-            match &result {
-                Err(DeliveryError::Retry { after: Some(after), .. })
-                | Ok(ItemResult::Retry { after: Some(after), .. }) => {
-                    self.pause_for(*after);
-                }
-                _ => {}
-            }
             match result {
                 Ok(r) => results.push(r),
                 // Items before this one are posted: fail only the rest, counted.
@@ -442,16 +414,6 @@ fn into_result(failure: Failure) -> Result<ItemResult, DeliveryError> {
     match failure {
         Failure::Call { error, .. } => Err(error),
         Failure::Item(result) => Ok(result),
-    }
-}
-
-fn prefixed(e: DeliveryError, what: &str) -> DeliveryError {
-    match e {
-        DeliveryError::Retry { reason, after } => DeliveryError::Retry {
-            reason: format!("{what}: {reason}"),
-            after,
-        },
-        DeliveryError::Fatal(m) => DeliveryError::Fatal(format!("{what}: {m}")),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Message templates: minijinja, rendered per event into the message `text` (the notification
 //! and screen-reader fallback) and, optionally, a JSON array of Block Kit blocks.
 //!
-//! Templates see `event` (the whole `io.nectar.Event` as JSON) and `lead` (a summary: `name`,
-//! `email`, `company`, `score`, `stage`, `source`, `event_type`, `event_id`). Every value a
+//! Templates are the shared template language (`nectar_sink::template`): they see `event` (the
+//! whole `io.nectar.Event` as JSON) and `lead` (a summary: `name`, `email`, `company`, `score`,
+//! `stage`, `source`, `event_type`, `event_id`, ...), with the shared filters (`clip`, ...). Every value a
 //! template prints is escaped: `&`, `<` and `>` become entities in both templates, as Slack's
 //! formatting rules ask (so a form field reading `<!channel>` cannot ping a channel), and in the
 //! blocks template the value is also escaped for a JSON string, so it can be printed inside
@@ -12,9 +13,8 @@
 use std::fmt::Write as _;
 
 use minijinja::value::Value as JinjaValue;
-use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, Output, State};
 use nectar_core::events::Event;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::SlackConfig;
@@ -68,58 +68,6 @@ pub struct Templates {
     routes: Vec<Option<TemplateRef>>,
 }
 
-/// The summary of an event the templates get as `lead`.
-#[derive(Debug, Serialize)]
-struct Lead<'a> {
-    name: Option<String>,
-    email: Option<&'a str>,
-    company: Option<&'a str>,
-    score: Option<i64>,
-    stage: Option<&'a str>,
-    source: &'a str,
-    event_type: &'a str,
-    event_id: &'a str,
-}
-
-impl<'a> Lead<'a> {
-    fn of(event: &'a Event) -> Self {
-        let person = event.person.as_ref();
-        let enrichment = event.enrichment.as_ref();
-        let joined = |first: Option<&String>, last: Option<&String>| {
-            let parts: Vec<&str> = [first, last]
-                .into_iter()
-                .flatten()
-                .map(|s| s.trim())
-                .filter(|s| !s.is_empty())
-                .collect();
-            (!parts.is_empty()).then(|| parts.join(" "))
-        };
-        let name = person
-            .and_then(|p| p.full_name.clone())
-            .filter(|n| !n.trim().is_empty())
-            .or_else(|| person.and_then(|p| joined(p.first_name.as_ref(), p.last_name.as_ref())))
-            .or_else(|| enrichment.and_then(|e| joined(e.first_name.as_ref(), e.last_name.as_ref())));
-        let email = person
-            .and_then(|p| p.email.as_deref())
-            .or_else(|| enrichment.and_then(|e| e.email_normalized.as_deref()))
-            .filter(|e| !e.is_empty());
-        let company = person
-            .and_then(|p| p.company.as_deref())
-            .or_else(|| enrichment.and_then(|e| e.company_domain.as_deref()))
-            .filter(|c| !c.is_empty());
-        Self {
-            name,
-            email,
-            company,
-            score: event.score.as_ref().map(|s| s.value.round() as i64),
-            stage: event.score.as_ref().map(|s| s.stage.as_str()).filter(|s| !s.is_empty()),
-            source: &event.envelope.source,
-            event_type: &event.envelope.event_type,
-            event_id: &event.envelope.event_id,
-        }
-    }
-}
-
 /// `&`, `<`, `>` as Slack's formatting rules ask for text sent to it.
 pub fn slack_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -161,21 +109,11 @@ fn format_value(out: &mut Output, state: &State, value: &JinjaValue) -> Result<(
     written.map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string()))
 }
 
-/// `clip(n)`: at most `n` characters, with `…` when cut (Block Kit limits text lengths).
-fn clip(value: String, max: usize) -> String {
-    if value.chars().count() <= max {
-        return value;
-    }
-    let mut s: String = value.chars().take(max.saturating_sub(1)).collect();
-    s.push('…');
-    s
-}
-
 impl Templates {
     /// Compile the default template and every route's; the error names the key.
     pub fn new(config: &SlackConfig) -> Result<Self, String> {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        // The shared template language (context, filters), with Slack's escaping on top.
+        let mut env = nectar_sink::template::environment();
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".blocks") {
                 BLOCKS_ESCAPE
@@ -184,7 +122,6 @@ impl Templates {
             }
         });
         env.set_formatter(format_value);
-        env.add_filter("clip", clip);
         env.add_filter("mrkdwn_escape", |s: String| slack_escape(&s));
 
         let mut add = |name: String, source: &str, key: &str| -> Result<String, String> {
@@ -237,11 +174,7 @@ impl Templates {
     /// Render `event`. The error says which template failed and why: the event cannot be
     /// rendered, so it is rejected (dead-lettered) with it.
     pub fn render(&self, template: &TemplateRef, event: &Event) -> Result<Rendered, String> {
-        let event_json = serde_json::to_value(event).map_err(|e| format!("event is not JSON: {e}"))?;
-        let ctx = minijinja::context! {
-            event => JinjaValue::from_serialize(&event_json),
-            lead => JinjaValue::from_serialize(Lead::of(event)),
-        };
+        let ctx = nectar_sink::template::context(event, &[]);
         let render = |name: &str| -> Result<String, String> {
             self.env
                 .get_template(name)
@@ -452,11 +385,5 @@ mod tests {
         let blocks = r.blocks.unwrap();
         assert_eq!(blocks[0]["text"]["text"], "*Ada Lovelace* — order ? ()");
         assert_eq!(blocks[1]["elements"][0]["text"], "event 0190-abc");
-    }
-
-    #[test]
-    fn clip_cuts_long_values() {
-        assert_eq!(clip("abcdef".into(), 4), "abc…");
-        assert_eq!(clip("abc".into(), 4), "abc");
     }
 }
