@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use minijinja::value::Value as JinjaValue;
 use minijinja::{AutoEscape, Environment};
-use nectar_core::events::{ERASURE, Envelope, Event, LeadScore, Person};
+use nectar_core::events::{ERASURE, Event};
 use nectar_sink::auth::{Auth, AuthError, Grant, TokenSource, WebhookSigner};
+use nectar_sink::template::sample_event;
 use nectar_sink::template::{self, Compiled};
 use nectar_sink::{Connector, Delivery, DeliveryError, Item, ItemResult, StartError};
 use serde_json::Value;
@@ -219,39 +220,6 @@ fn build_auth(
             (Auth::None, Some(signer))
         }
     })
-}
-
-/// The event the start check renders every template on.
-pub fn sample_event() -> Event {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64;
-    let mut event = Event::new(Envelope {
-        event_id: "00000000-0000-7000-8000-000000000000".into(),
-        event_type: "lead.captured".into(),
-        occurred_at: now,
-        received_at: now,
-        source: "nectar-start-check".into(),
-        workspace_id: "ws-sample".into(),
-        lead_key: Some("ws-sample:sample@example.com".into()),
-        trace_parent: None,
-        consent: None,
-    });
-    event.person = Some(Person {
-        email: Some("sample@example.com".into()),
-        first_name: Some("Sample".into()),
-        last_name: Some("Lead".into()),
-        company: Some("Example".into()),
-        ..Person::default()
-    });
-    event.score = Some(LeadScore {
-        value: 42.0,
-        delta: 0.0,
-        stage: "mql".into(),
-        crossed: None,
-    });
-    event
 }
 
 fn form_body(value: &Value) -> Result<Vec<u8>, String> {

@@ -22,9 +22,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::answer::{Answer, BatchInputs, Outcome, read_batch};
-use nectar_sink::auth::{Auth, AuthError, Grant, TokenSource};
 use crate::config::HubspotConfig;
 use crate::mapping::{ContactGroup, Mapper, group};
+use nectar_sink::auth::{Auth, AuthError, Grant, TokenSource};
 
 pub const CONTACTS_UPSERT: &str = "/crm/v3/objects/contacts/batch/upsert";
 pub const COMPANIES_UPSERT: &str = "/crm/v3/objects/companies/batch/upsert";
@@ -402,10 +402,12 @@ fn start_status(answer: &Answer, request: &str) -> Result<(), StartError> {
         None => format!("HubSpot ({request})"),
     };
     Err(match nectar_sink::http::start_status(answer.status, &what, &msg) {
-        StartError::Credentials(m) => {
-            StartError::Credentials(format!("{m} (check target.access_token or target.oauth, and the app's scopes)"))
+        StartError::Credentials(m) => StartError::Credentials(format!(
+            "{m} (check target.access_token or target.oauth, and the app's scopes)"
+        )),
+        StartError::Config(m) if answer.status == StatusCode::NOT_FOUND => {
+            StartError::Config(format!("target.api_url: {m}"))
         }
-        StartError::Config(m) if answer.status == StatusCode::NOT_FOUND => StartError::Config(format!("target.api_url: {m}")),
         other => other,
     })
 }
@@ -676,18 +678,30 @@ mod tests {
         let mut cfg = config(&fake);
         cfg.properties
             .insert("nectar_score".into(), PropertySource::Fields("score.value".into()));
-        let err = HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap_err();
+        let err = HubspotConnector::new(&cfg, Duration::from_secs(10))
+            .unwrap()
+            .start()
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, StartError::Config(m) if m.contains("target.properties.nectar_score")),
             "{err:?}"
         );
         fake.add_contact_property("nectar_score");
-        HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap();
+        HubspotConnector::new(&cfg, Duration::from_secs(10))
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
 
         let mut cfg = config(&fake);
         cfg.companies = true;
         cfg.company_id_property = "domain".into();
-        let err = HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap_err();
+        let err = HubspotConnector::new(&cfg, Duration::from_secs(10))
+            .unwrap()
+            .start()
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, StartError::Config(m) if m.contains("unique values")),
             "{err:?}"
@@ -695,7 +709,11 @@ mod tests {
 
         let mut cfg = config(&fake);
         cfg.access_token = Some(nectar_core::Sensitive::new("pat-wrong".into()));
-        let err = HubspotConnector::new(&cfg, Duration::from_secs(10)).unwrap().start().await.unwrap_err();
+        let err = HubspotConnector::new(&cfg, Duration::from_secs(10))
+            .unwrap()
+            .start()
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, StartError::Credentials(m) if m.contains("401") && m.contains("INVALID_AUTHENTICATION")),
             "{err:?}"

@@ -31,6 +31,9 @@ impl Sink for HubspotSink {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn connector(config: &SinkServiceConfig<HubspotConfig>) -> anyhow::Result<HubspotConnector> {
-        HubspotConnector::new(&config.target, std::time::Duration::from_millis(config.sink.request_timeout_ms))
+        HubspotConnector::new(
+            &config.target,
+            std::time::Duration::from_millis(config.sink.request_timeout_ms),
+        )
     }
 }

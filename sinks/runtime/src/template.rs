@@ -24,7 +24,9 @@ use base64::Engine as _;
 use md5::Digest as _;
 use minijinja::value::Value as JinjaValue;
 use minijinja::{Environment, UndefinedBehavior};
-use nectar_core::events::Event;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nectar_core::events::{Envelope, Event, LeadScore, Person};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -262,10 +264,43 @@ pub fn eval(env: &Environment<'static>, expr: &str, ctx: &JinjaValue) -> Result<
         .map_err(|e| format!("`{expr}` failed: {e:#}"))
 }
 
+/// A lead with every field templates commonly read: start checks render every template on it,
+/// so a template that cannot work is a configuration error before any event is consumed.
+pub fn sample_event() -> Event {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let mut event = Event::new(Envelope {
+        event_id: "00000000-0000-7000-8000-000000000000".into(),
+        event_type: "lead.captured".into(),
+        occurred_at: now,
+        received_at: now,
+        source: "nectar-start-check".into(),
+        workspace_id: "ws-sample".into(),
+        lead_key: Some("ws-sample:sample@example.com".into()),
+        trace_parent: None,
+        consent: None,
+    });
+    event.person = Some(Person {
+        email: Some("sample@example.com".into()),
+        first_name: Some("Sample".into()),
+        last_name: Some("Lead".into()),
+        company: Some("Example".into()),
+        ..Person::default()
+    });
+    event.score = Some(LeadScore {
+        value: 42.0,
+        delta: 0.0,
+        stage: "mql".into(),
+        crossed: None,
+    });
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nectar_core::events::{Envelope, Person};
     use serde_json::json;
 
     fn event() -> Event {

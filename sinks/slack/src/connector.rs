@@ -19,7 +19,6 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nectar_core::events::{Envelope, Event, LeadScore, Person};
 use nectar_sink::http::{error_chain, excerpt, transport_error};
 use nectar_sink::{Connector, Delivery, DeliveryError, Item, ItemResult, StartError};
 use reqwest::Url;
@@ -279,7 +278,7 @@ impl SlackConnector {
     /// The templates render a sample lead: a template that fails on it is a configuration
     /// error, found before any event is consumed.
     fn check_templates(&self) -> Result<(), StartError> {
-        let sample = sample_event();
+        let sample = nectar_sink::template::sample_event();
         let mut refs = vec![("target.template", self.templates.for_route(None))];
         for i in 0..self.config.routes.len() {
             if self.config.routes[i].text.is_some() {
@@ -428,33 +427,4 @@ fn log_warnings(json: &Value, what: &str) {
     if !warnings.is_empty() {
         tracing::warn!("{what}: Slack warned: {}", excerpt(&warnings.join(", ")));
     }
-}
-
-/// A lead with every field the default template reads.
-fn sample_event() -> Event {
-    let mut event = Event::new(Envelope {
-        event_id: "00000000-0000-0000-0000-000000000000".into(),
-        event_type: "lead.captured".into(),
-        occurred_at: 1_700_000_000_000,
-        received_at: 1_700_000_000_000,
-        source: "form:sample".into(),
-        workspace_id: "sample".into(),
-        lead_key: Some("sample".into()),
-        trace_parent: None,
-        consent: None,
-    });
-    event.person = Some(Person {
-        email: Some("sample@example.com".into()),
-        first_name: Some("Sample".into()),
-        last_name: Some("Lead".into()),
-        company: Some("Example Inc".into()),
-        ..Person::default()
-    });
-    event.score = Some(LeadScore {
-        value: 50.0,
-        delta: 5.0,
-        stage: "mql".into(),
-        crossed: None,
-    });
-    event
 }

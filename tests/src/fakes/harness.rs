@@ -331,6 +331,11 @@ pub fn now_millis() -> i64 {
         .as_millis() as i64
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch (UTC), as HubSpot writes times.
+pub fn iso8601_z(millis: i64) -> String {
+    iso8601(millis).replace("+00:00", "Z")
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmm+00:00` for milliseconds since the epoch (UTC).
 pub fn iso8601(millis: i64) -> String {
     let (days, ms) = (millis.div_euclid(86_400_000), millis.rem_euclid(86_400_000));
