@@ -337,3 +337,31 @@ async fn salesforce_events_of_one_lead_in_one_batch_upsert_one_lead() {
     assert_eq!(refused, 0, "no request named the external id twice");
     assert_eq!(nectar_tests::count_records(&topics.dlq).await, 0);
 }
+
+/// The twelfth vendor, from `examples/` through `specs_dir`: a spec and a fake, no code.
+async fn pipedrive_vendor() -> Vendor {
+    let fake = fakes::pipedrive::FakePipedrive::start().await;
+    Vendor {
+        name: "pipedrive",
+        settings: vec![
+            ("specs_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/examples").to_owned()),
+            ("api_url", fake.base_url().to_owned()),
+            ("api_token", fakes::pipedrive::API_TOKEN.to_owned()),
+        ],
+        bad_credentials: vec![("api_token", "0".repeat(40))],
+        fake: Arc::new(fake),
+        idempotent: false,
+        batch: 1,
+        retry_signal: true,
+        partial_takes_none: false,
+        // Found by e-mail: the person's `emails`.
+        key: |event| event.person.as_ref().and_then(|p| p.email.clone()).unwrap_or_default(),
+    }
+}
+
+conformance!(
+    pipedrive,
+    pipedrive_vendor(),
+    bad_event_is_dead_lettered_with_the_vendors_answer,
+    bad_credentials_stop_the_sink
+);
