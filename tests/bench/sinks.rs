@@ -1,5 +1,5 @@
-//! `nectar-bench sinks`: the PostgreSQL and OpenSearch sinks beside their raw target, in the
-//! same run.
+//! `nectar-bench sinks`: the PostgreSQL, OpenSearch and HTTP sinks beside their raw target, in
+//! the same run.
 //!
 //! Per target: a backlog of events is produced to a fresh delivery topic. The baseline writes
 //! the same events straight to the target the way the sink does, without Kafka or Nectar
@@ -10,6 +10,10 @@
 //! sink's own `nectar_sink_delivery_latency_seconds` histogram (record timestamp → accepted
 //! by the target) read from `/metrics`; the baseline's figure is the latency of one bulk
 //! request. Peak RSS is the sink process's own (VmHWM).
+//!
+//! HTTP: `nectar-sink-http` with the generic signed webhook spec against a local receiver that
+//! answers 204 at once; the baseline sends the same signed requests (one per event, as many in
+//! flight as the spec's concurrency) straight to the receiver.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,8 +35,8 @@ pub struct SinksArgs {
     rate: usize,
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
-    /// Which sinks.
-    #[arg(long, value_delimiter = ',', default_value = "postgres,elasticsearch")]
+    /// Which sinks (`http`: nectar-sink-http with the signed webhook spec).
+    #[arg(long, value_delimiter = ',', default_value = "postgres,elasticsearch,http")]
     sinks: Vec<String>,
     #[arg(
         long,
@@ -58,6 +62,41 @@ enum Target {
         url: String,
         index: String,
     },
+    /// A receiver answering 204 at once: `/sink` counts the sink's requests, `/raw` the
+    /// baseline's.
+    Http {
+        url: String,
+        received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    },
+}
+
+/// The spec's requests in flight (`limits.concurrency` of `vendors/webhook.toml`).
+const HTTP_CONCURRENCY: usize = 4;
+
+/// Start the receiver.
+async fn receiver() -> anyhow::Result<Target> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let received = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new()
+        .route(
+            "/sink",
+            axum::routing::post(move |_: axum::body::Bytes| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .route(
+            "/raw",
+            axum::routing::post(|_: axum::body::Bytes| async { axum::http::StatusCode::NO_CONTENT }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Target::Http { url, received })
 }
 
 impl Target {
@@ -65,6 +104,7 @@ impl Target {
         match self {
             Self::Postgres { .. } => "PostgreSQL",
             Self::OpenSearch { .. } => "OpenSearch",
+            Self::Http { .. } => "HTTP receiver (signed webhook per event)",
         }
     }
 
@@ -85,6 +125,7 @@ impl Target {
                 let v: Value = r.json().await?;
                 Ok(v["count"].as_u64().unwrap_or(0) as usize)
             }
+            Self::Http { received, .. } => Ok(received.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 
@@ -103,6 +144,12 @@ impl Target {
                 extra.push(("NECTAR_TARGET__URL", url.clone()));
                 extra.push(("NECTAR_TARGET__INDEX", index.clone()));
                 extra.push(("NECTAR_TARGET__NUMBER_OF_REPLICAS", "0".to_owned()));
+            }
+            Self::Http { url, .. } => {
+                extra.push(("NECTAR_TARGET__VENDOR", "webhook".to_owned()));
+                extra.push(("NECTAR_TARGET__URL", format!("{url}/sink")));
+                extra.push(("NECTAR_TARGET__SECRET", nectar_tests::fakes::webhook::SECRET.to_owned()));
+                extra.push(("NECTAR_SINK__RATE_LIMIT_PER_SECOND", "0".to_owned()));
             }
         }
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -203,6 +250,45 @@ async fn baseline(target: &Target, events: &[Event], run: &str) -> anyhow::Resul
             http.delete(format!("{url}/{index}")).send().await?;
             Ok((rate, hist))
         }
+        Target::Http { url, .. } => {
+            // The requests the webhook spec sends: its body, signed the Standard Webhooks way.
+            let http = reqwest::Client::new();
+            let url = format!("{url}/raw");
+            let started_at = Instant::now();
+            let latencies: Vec<anyhow::Result<u64>> = futures::stream::iter(events)
+                .map(|e| {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        let body = serde_json::to_vec(&serde_json::json!({
+                            "type": e.envelope.event_type, "timestamp": e.envelope.occurred_at, "data": e,
+                        }))?;
+                        let now = nectar_tests::fakes::harness::now_secs();
+                        let id = &e.envelope.event_id;
+                        let signature =
+                            nectar_tests::fakes::webhook::sign(nectar_tests::fakes::webhook::SECRET, id, now, &body);
+                        let t = Instant::now();
+                        let r = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header("webhook-id", id.as_str())
+                            .header("webhook-timestamp", now.to_string())
+                            .header("webhook-signature", signature)
+                            .body(body)
+                            .send()
+                            .await?;
+                        anyhow::ensure!(r.status().is_success(), "the receiver answered {}", r.status());
+                        Ok(t.elapsed().as_micros().max(1) as u64)
+                    }
+                })
+                .buffer_unordered(HTTP_CONCURRENCY)
+                .collect()
+                .await;
+            for l in latencies {
+                // Milliseconds with a fraction kept: these requests take well under one.
+                hist.record(l?)?;
+            }
+            Ok((events.len() as f64 / started_at.elapsed().as_secs_f64(), hist))
+        }
     }
 }
 
@@ -284,6 +370,7 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
             url: args.os_url.trim_end_matches('/').to_owned(),
             index: format!("bench-{run}"),
         },
+        "http" => receiver().await?,
         other => anyhow::bail!("no benchmark for sink {other}"),
     };
     let topics = fresh_sink_topics(name).await;
@@ -301,6 +388,12 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
 
     // Throughput: drain the backlog.
     let bin = bin_dir.join(format!("nectar-sink-{name}"));
+    // The HTTP receiver's baseline latencies are in µs (its requests take well under 1 ms).
+    let raw_unit = if matches!(target, Target::Http { .. }) {
+        1000.0
+    } else {
+        1.0
+    };
     let admin = format!("127.0.0.1:{}", super::free_port());
     let mut process = ServiceProcess::start(&bin, target.sink_env(&topics, &admin));
     let first = wait_count(&target, 1, &mut process, Duration::from_secs(120)).await?;
@@ -344,11 +437,11 @@ async fn bench_one(args: &SinksArgs, bin_dir: &Path, name: &str) -> anyhow::Resu
 
     let rss = backlog_rss.into_iter().chain(steady_rss).fold(0.0_f64, f64::max);
     println!(
-        "| {name} → {} ({size} B JSON/event) | {sink_rate:.0} | {raw_rate:.0} | {:.2} | {p50:.0} / {p99:.0} | {} / {} | {rss:.1} MiB |",
+        "| {name} → {} ({size} B JSON/event) | {sink_rate:.0} | {raw_rate:.0} | {:.2} | {p50:.0} / {p99:.0} | {:.1} / {:.1} | {rss:.1} MiB |",
         target.label(),
         sink_rate / raw_rate,
-        raw_latency.value_at_quantile(0.5),
-        raw_latency.value_at_quantile(0.99),
+        raw_latency.value_at_quantile(0.5) as f64 / raw_unit,
+        raw_latency.value_at_quantile(0.99) as f64 / raw_unit,
     );
     if let Target::Postgres { pool, schema } = &target {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
@@ -372,7 +465,7 @@ pub async fn run(args: SinksArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| sink → target | sink events/s | raw target events/s (same rows, no Nectar) | ratio | sink delivery latency p50 / p99 ms (record → accepted, at the steady rate) | raw bulk request latency p50 / p99 ms (1000 rows) | sink peak RSS |"
+        "| sink → target | sink events/s | raw target events/s (same rows, no Nectar) | ratio | sink delivery latency p50 / p99 ms (record → accepted, at the steady rate) | raw request latency p50 / p99 ms (PostgreSQL, OpenSearch: 1000 rows; HTTP: one event) | sink peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|");
     for name in &args.sinks {

@@ -65,19 +65,23 @@ async fn main() -> anyhow::Result<()> {
     write_env(cli.env_dir.join("bigquery.env"), &bigquery.target_env(TABLE, &key_file))?;
     write_env(
         cli.env_dir.join("discord.env"),
-        &vars(&[(
-            "NECTAR_TARGET__WEBHOOK_URL",
-            format!("{}?wait=true", discord.webhook_url()),
-        )]),
+        &vars(&[
+            ("NECTAR_TARGET__VENDOR", "discord".to_owned()),
+            ("NECTAR_TARGET__WEBHOOK_URL", discord.webhook_url()),
+        ]),
     )?;
     write_env(
         cli.env_dir.join("teams.env"),
-        &vars(&[("NECTAR_TARGET__WEBHOOK_URL", teams.webhook_url())]),
+        &vars(&[
+            ("NECTAR_TARGET__VENDOR", "teams".to_owned()),
+            ("NECTAR_TARGET__WEBHOOK_URL", teams.webhook_url()),
+        ]),
     )?;
     write_env(
         cli.env_dir.join("webhook.env"),
         &vars(&[
-            ("NECTAR_TARGET__WEBHOOK_URL", receiver.webhook_url()),
+            ("NECTAR_TARGET__VENDOR", "webhook".to_owned()),
+            ("NECTAR_TARGET__URL", receiver.webhook_url()),
             ("NECTAR_TARGET__SECRET", webhook::SECRET.to_owned()),
         ]),
     )?;
