@@ -69,6 +69,23 @@ impl std::fmt::Debug for Vendor {
 const BIN_NAME: &str = "nectar-sink-http";
 
 impl Vendor {
+    /// A per-event vendor with no idempotency key whose throttle says how long to wait, found
+    /// by event id; change what differs with struct update syntax
+    /// (`Vendor { idempotent: true, ..Vendor::new("webhook", fake) }`).
+    pub fn new(name: &'static str, fake: impl VendorFake + 'static) -> Self {
+        Self {
+            name,
+            fake: Arc::new(fake),
+            settings: Vec::new(),
+            bad_credentials: Vec::new(),
+            idempotent: false,
+            batch: 1,
+            retry_signal: true,
+            partial_takes_none: false,
+            key: event_id,
+        }
+    }
+
     /// Copies of an event (by its [`Vendor::key`]) the vendor holds, in its own terms.
     pub fn copies(&self, key: &str) -> usize {
         self.fake
