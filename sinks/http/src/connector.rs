@@ -7,14 +7,14 @@
 //! delivered twice, at most the requests in flight (`sink.concurrency`). Offsets move only
 //! for what the vendor accepted or what was dead-lettered (the runtime's rule).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use minijinja::value::Value as JinjaValue;
 use minijinja::{AutoEscape, Environment};
 use nectar_core::events::{ERASURE, Event};
 use nectar_sink::auth::{Auth, AuthError, Grant, TokenSource, WebhookSigner};
 use nectar_sink::template::sample_event;
-use nectar_sink::template::{self, Compiled};
+use nectar_sink::template::{self, Compiled, Scope};
 use nectar_sink::{Connector, Delivery, DeliveryError, Item, ItemResult, StartError};
 use serde_json::Value;
 
@@ -65,7 +65,7 @@ pub struct HttpConnector {
     spec: Spec,
     origin: String,
     env: Environment<'static>,
-    settings: JinjaValue,
+    settings: Arc<Value>,
     steps: Vec<CompiledStep>,
     erasure: Option<CompiledStep>,
     start: Option<CompiledStart>,
@@ -113,10 +113,10 @@ fn compile_step(env: &mut Environment<'static>, key: &str, step: &Step, spec: &S
 }
 
 /// Render a string template once with the settings alone (auth values).
-fn setting_text(env: &mut Environment<'static>, settings: &JinjaValue, key: &str, s: &str) -> Result<String, String> {
+fn setting_text(env: &mut Environment<'static>, settings: &Arc<Value>, key: &str, s: &str) -> Result<String, String> {
     let compiled = compile_str(env, key, s)?;
-    let ctx = minijinja::context! { settings => settings.clone() };
-    match template::render_value(env, &compiled, &ctx)? {
+    let scope = Scope::new(vec![("settings", settings.clone())]);
+    match template::render_value(env, &compiled, &scope)? {
         Value::String(s) => Ok(s),
         Value::Null => Err(format!("{key}: renders to nothing (a setting is missing)")),
         other => Ok(other.to_string()),
@@ -126,7 +126,7 @@ fn setting_text(env: &mut Environment<'static>, settings: &JinjaValue, key: &str
 fn build_auth(
     spec: &AuthSpec,
     env: &mut Environment<'static>,
-    settings: &JinjaValue,
+    settings: &Arc<Value>,
     http: &reqwest::Client,
 ) -> Result<(Auth, Option<WebhookSigner>), String> {
     let mut text = |key: &str, s: &str| setting_text(env, settings, &format!("auth.{key}"), s);
@@ -259,7 +259,7 @@ impl HttpConnector {
                 }
             });
         }
-        let settings_value = JinjaValue::from_serialize(settings.expose());
+        let settings_value = Arc::new(Value::Object(settings.expose().clone()));
         let err = |e: String| anyhow::anyhow!("{origin}: {e}");
         let (auth, signer) = build_auth(&spec.auth, &mut env, &settings_value, &http).map_err(err)?;
         let steps = spec
@@ -335,25 +335,23 @@ impl HttpConnector {
             .map(String::as_str)
     }
 
-    fn context(&self, event: &Event, item: Option<&Item>, steps: &[Value]) -> JinjaValue {
+    fn context(&self, event: &Event, item: Option<&Item>, steps: &[Value]) -> Scope {
         let (key, attempts) = match item {
-            Some(i) => (i.event_id().to_owned(), i.attempts),
-            None => (event.envelope.event_id.clone(), 0),
+            Some(i) => (i.event_id(), i.attempts),
+            None => (event.envelope.event_id.as_str(), 0),
         };
-        template::context(
+        let item = serde_json::json!({"event_id": key, "key": key, "attempts": attempts});
+        Scope::of_event(
             event,
-            &[
+            vec![
                 ("settings", self.settings.clone()),
-                (
-                    "item",
-                    JinjaValue::from_serialize(serde_json::json!({"event_id": key, "key": key, "attempts": attempts})),
-                ),
-                ("steps", JinjaValue::from_serialize(steps)),
+                ("item", Arc::new(item)),
+                ("steps", Arc::new(Value::Array(steps.to_vec()))),
             ],
         )
     }
 
-    fn render_text(&self, compiled: &Compiled, ctx: &JinjaValue) -> Result<String, String> {
+    fn render_text(&self, compiled: &Compiled, ctx: &Scope) -> Result<String, String> {
         Ok(match template::render_value(&self.env, compiled, ctx)? {
             Value::String(s) => s,
             Value::Null => String::new(),
@@ -362,7 +360,7 @@ impl HttpConnector {
     }
 
     /// The body of one event for `step`, with the idempotency key in place.
-    fn item_body(&self, step: &CompiledStep, ctx: &JinjaValue, key: &str) -> Result<Option<Value>, String> {
+    fn item_body(&self, step: &CompiledStep, ctx: &Scope, key: &str) -> Result<Option<Value>, String> {
         let Some(body) = &step.body else {
             return Ok(None);
         };
@@ -381,7 +379,7 @@ impl HttpConnector {
 
     /// URL and headers of `step` for `ctx`, and its body from `bodies` (one event's, or a
     /// batch's).
-    fn render(&self, step: &CompiledStep, ctx: &JinjaValue, bodies: Vec<Value>, key: &str) -> Result<Rendered, String> {
+    fn render(&self, step: &CompiledStep, ctx: &Scope, bodies: Vec<Value>, key: &str) -> Result<Rendered, String> {
         let url = self.render_text(&step.url, ctx)?;
         let mut headers = Vec::with_capacity(step.headers.len() + 1);
         for (name, value) in &step.headers {
@@ -406,8 +404,9 @@ impl HttpConnector {
                     let items = Value::Array(bodies);
                     let value = match &step.batch {
                         Some(wrapper) => {
-                            let ctx = minijinja::context! { settings => self.settings.clone(), items => JinjaValue::from_serialize(&items) };
-                            template::render_value(&self.env, wrapper, &ctx)?
+                            let scope =
+                                Scope::new(vec![("settings", self.settings.clone()), ("items", Arc::new(items))]);
+                            template::render_value(&self.env, wrapper, &scope)?
                         }
                         None => items,
                     };

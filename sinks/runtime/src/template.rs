@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use md5::Digest as _;
-use minijinja::value::Value as JinjaValue;
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value as JinjaValue};
 use minijinja::{Environment, UndefinedBehavior};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -140,13 +140,160 @@ pub fn environment() -> Environment<'static> {
     env
 }
 
-/// The context every template sees for `event`, plus `extra` (`name → value`).
-pub fn context(event: &Event, extra: &[(&str, JinjaValue)]) -> JinjaValue {
-    let mut map: std::collections::BTreeMap<String, JinjaValue> =
-        extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-    map.insert("event".into(), JinjaValue::from_serialize(event));
-    map.insert("lead".into(), JinjaValue::from_serialize(Lead::of(event)));
-    JinjaValue::from(map)
+/// A JSON value as a minijinja object, converted on access: a template that reads two fields
+/// of an event pays for those two, not for converting the whole event.
+#[derive(Debug)]
+struct Json(Value);
+
+impl Object for Json {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match &self.0 {
+            Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        match &self.0 {
+            Value::Object(map) => map.get(key.as_str()?).map(jinja),
+            Value::Array(list) => list.get(key.as_usize()?).map(jinja),
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match &self.0 {
+            Value::Object(map) => Enumerator::Values(map.keys().map(|k| JinjaValue::from(k.as_str())).collect()),
+            Value::Array(list) => Enumerator::Seq(list.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+}
+
+/// A JSON value for templates (scalars as they are, objects and lists as [`Json`]).
+fn jinja(value: &Value) -> JinjaValue {
+    match value {
+        Value::Null => JinjaValue::from(()),
+        Value::Bool(b) => JinjaValue::from(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => JinjaValue::from(i),
+            (None, Some(u)) => JinjaValue::from(u),
+            _ => JinjaValue::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => JinjaValue::from(s.as_str()),
+        other => JinjaValue::from_object(Json(other.clone())),
+    }
+}
+
+/// What templates see: named JSON roots (`event`, `lead`, `settings`, `item`, `steps`, ...).
+/// Paths (`{{ event.envelope.event_type }}`, `{{ event }}`) are read straight from the JSON;
+/// the minijinja context for everything else is built once, on first use.
+#[derive(Debug)]
+pub struct Scope {
+    roots: Vec<(&'static str, Arc<Value>)>,
+    jinja: std::sync::OnceLock<JinjaValue>,
+}
+
+impl Scope {
+    /// The roots `event` and `lead` of `event`, plus `extra`.
+    pub fn of_event(event: &Event, extra: Vec<(&'static str, Arc<Value>)>) -> Self {
+        let mut roots = extra;
+        roots.push(("event", Arc::new(serde_json::to_value(event).unwrap_or_default())));
+        roots.push((
+            "lead",
+            Arc::new(serde_json::to_value(Lead::of(event)).unwrap_or_default()),
+        ));
+        Self::new(roots)
+    }
+
+    pub fn new(roots: Vec<(&'static str, Arc<Value>)>) -> Self {
+        Self {
+            roots,
+            jinja: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The minijinja context (built once).
+    pub fn jinja(&self) -> &JinjaValue {
+        self.jinja.get_or_init(|| {
+            let map: std::collections::BTreeMap<&str, JinjaValue> = self
+                .roots
+                .iter()
+                .map(|(name, value)| {
+                    let v = match value.as_ref() {
+                        Value::Object(_) | Value::Array(_) => JinjaValue::from_dyn_object(
+                            minijinja::value::DynObject::new(Arc::new(Json(Value::clone(value)))),
+                        ),
+                        scalar => jinja(scalar),
+                    };
+                    (*name, v)
+                })
+                .collect();
+            JinjaValue::from_iter(map)
+        })
+    }
+
+    /// The value at a path, if the path's root exists.
+    fn path(&self, path: &[PathSeg]) -> Option<Option<&Value>> {
+        let (PathSeg::Key(root), rest) = path.split_first()? else {
+            return None;
+        };
+        let (_, value) = self.roots.iter().find(|(name, _)| name == root)?;
+        let mut value = value.as_ref();
+        for seg in rest {
+            let next = match (seg, value) {
+                (PathSeg::Key(k), Value::Object(map)) => map.get(k.as_str()),
+                (PathSeg::Index(i), Value::Array(list)) => list.get(*i),
+                _ => None,
+            };
+            match next {
+                Some(v) => value = v,
+                None => return Some(None),
+            }
+        }
+        Some(Some(value))
+    }
+}
+
+/// The context every template sees for `event` (Slack's messages).
+pub fn context(event: &Event) -> JinjaValue {
+    Scope::of_event(event, Vec::new()).jinja().clone()
+}
+
+/// One step of a path expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathSeg {
+    Key(String),
+    Index(usize),
+}
+
+/// `a.b[0].c` as a path, if the expression is only that.
+fn parse_path(expr: &str) -> Option<Vec<PathSeg>> {
+    let mut out = Vec::new();
+    for part in expr.split('.') {
+        let (name, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        };
+        if !ident(name) || ["none", "true", "false", "None", "True", "False"].contains(&name) {
+            return None;
+        }
+        out.push(PathSeg::Key(name.to_owned()));
+        while !rest.is_empty() {
+            let close = rest.find(']')?;
+            out.push(PathSeg::Index(rest.get(1..close)?.parse().ok()?));
+            rest = &rest[close + 1..];
+            if !(rest.is_empty() || rest.starts_with('[')) {
+                return None;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// A compiled value tree: strings replaced by template names or expressions.
@@ -155,8 +302,13 @@ pub enum Compiled {
     Literal(Value),
     /// A template rendering a string.
     Text(Arc<str>),
-    /// A string that was exactly `{{ expr }}`: the expression's value, typed.
-    Expr(Arc<str>),
+    /// A string that was exactly `{{ expr }}`: the expression's value, typed. A path is read
+    /// from the scope's JSON; anything else is the template `template` (`{{ (expr)|tojson }}`).
+    Expr {
+        expr: Arc<str>,
+        path: Option<Vec<PathSeg>>,
+        template: Arc<str>,
+    },
     Array(Vec<Compiled>),
     Object(Vec<(String, Compiled)>),
 }
@@ -187,7 +339,15 @@ pub fn compile_with(
             if let Some(expr) = sole_expression(s).filter(|_| typed) {
                 env.compile_expression(expr)
                     .map_err(|e| format!("{prefix}: invalid expression `{expr}`: {e}"))?;
-                Compiled::Expr(Arc::from(expr))
+                // Compiled once as a template, so it is not parsed again per event.
+                let name = format!("{prefix}#expr");
+                env.add_template_owned(name.clone(), format!("{{{{ ({expr})|tojson }}}}"))
+                    .map_err(|e| format!("{prefix}: invalid expression `{expr}`: {e}"))?;
+                Compiled::Expr {
+                    expr: Arc::from(expr),
+                    path: parse_path(expr),
+                    template: Arc::from(name),
+                }
             } else {
                 env.add_template_owned(prefix.to_owned(), s.clone())
                     .map_err(|e| format!("{prefix}: invalid template: {e}"))?;
@@ -210,32 +370,38 @@ pub fn compile_with(
     })
 }
 
-/// Render a compiled tree with `ctx`. The error names the template and why.
-pub fn render_value(env: &Environment<'static>, compiled: &Compiled, ctx: &JinjaValue) -> Result<Value, String> {
+/// Render a compiled tree in `scope`. The error names the template and why.
+pub fn render_value(env: &Environment<'static>, compiled: &Compiled, scope: &Scope) -> Result<Value, String> {
     Ok(match compiled {
         Compiled::Literal(v) => v.clone(),
-        Compiled::Text(name) => Value::String(render_text(env, name, ctx)?),
-        Compiled::Expr(expr) => {
-            let value = eval(env, expr, ctx)?;
-            if value.is_undefined() || value.is_none() {
-                Value::Null
-            } else if value.as_str().is_some_and(|s| s.len() > MAX_RENDERED) {
+        Compiled::Text(name) => Value::String(render_text(env, name, scope)?),
+        Compiled::Expr { expr, path, template } => {
+            let value = match path.as_deref().and_then(|p| scope.path(p)) {
+                Some(found) => found.cloned().unwrap_or(Value::Null),
+                None => {
+                    let json = env
+                        .get_template(template)
+                        .and_then(|t| t.render(scope.jinja()))
+                        .map_err(|e| format!("`{expr}` failed: {e:#}"))?;
+                    serde_json::from_str(&json).map_err(|e| format!("`{expr}` is not JSON: {e}"))?
+                }
+            };
+            if value.as_str().is_some_and(|s| s.len() > MAX_RENDERED) {
                 return Err(format!("`{expr}` rendered more than {MAX_RENDERED} bytes"));
-            } else {
-                serde_json::to_value(&value).map_err(|e| format!("`{expr}` is not JSON: {e}"))?
             }
+            value
         }
         Compiled::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|c| render_value(env, c, ctx))
+                .map(|c| render_value(env, c, scope))
                 .collect::<Result<_, _>>()?,
         ),
         Compiled::Object(fields) => {
             let mut map = serde_json::Map::with_capacity(fields.len());
             for (k, c) in fields {
-                let v = render_value(env, c, ctx)?;
-                if v.is_null() && matches!(c, Compiled::Expr(_)) {
+                let v = render_value(env, c, scope)?;
+                if v.is_null() && matches!(c, Compiled::Expr { .. }) {
                     continue;
                 }
                 map.insert(k.clone(), v);
@@ -246,10 +412,10 @@ pub fn render_value(env: &Environment<'static>, compiled: &Compiled, ctx: &Jinja
 }
 
 /// Render the named template to a string (capped at [`MAX_RENDERED`]).
-pub fn render_text(env: &Environment<'static>, name: &str, ctx: &JinjaValue) -> Result<String, String> {
+pub fn render_text(env: &Environment<'static>, name: &str, scope: &Scope) -> Result<String, String> {
     let out = env
         .get_template(name)
-        .and_then(|t| t.render(ctx))
+        .and_then(|t| t.render(scope.jinja()))
         .map_err(|e| format!("template {name} failed: {e:#}"))?;
     if out.len() > MAX_RENDERED {
         return Err(format!("template {name} rendered more than {MAX_RENDERED} bytes"));
@@ -258,9 +424,9 @@ pub fn render_text(env: &Environment<'static>, name: &str, ctx: &JinjaValue) -> 
 }
 
 /// Evaluate an expression.
-pub fn eval(env: &Environment<'static>, expr: &str, ctx: &JinjaValue) -> Result<JinjaValue, String> {
+pub fn eval(env: &Environment<'static>, expr: &str, scope: &Scope) -> Result<JinjaValue, String> {
     env.compile_expression(expr)
-        .and_then(|e| e.eval(ctx))
+        .and_then(|e| e.eval(scope.jinja()))
         .map_err(|e| format!("`{expr}` failed: {e:#}"))
 }
 
@@ -327,11 +493,8 @@ mod tests {
     fn render(value: Value) -> Result<Value, String> {
         let mut env = environment();
         let compiled = compile(&mut env, "body", &value)?;
-        let ctx = context(
-            &event(),
-            &[("settings", JinjaValue::from_serialize(json!({"list": "L1"})))],
-        );
-        render_value(&env, &compiled, &ctx)
+        let scope = Scope::of_event(&event(), vec![("settings", Arc::new(json!({"list": "L1"})))]);
+        render_value(&env, &compiled, &scope)
     }
 
     #[test]
@@ -349,6 +512,34 @@ mod tests {
             json!({"time": 1_700_000_000_123i64, "name": "Ada Lovelace", "line": "Ada (ada@example.com)",
                    "list": ["L1", 3], "literal": true})
         );
+    }
+
+    #[test]
+    fn paths_and_expressions_read_the_same_values() {
+        let out = render(json!({
+            "whole": "{{ lead }}",
+            "indexed": "{{ settings.list }}",
+            "computed": "{{ [lead.email|lower] }}",
+            "missing": "{{ event.person.phone }}",
+            "kept": ["{{ event.nope }}"],
+        }))
+        .unwrap();
+        assert_eq!(out["whole"]["email"], "Ada@Example.com");
+        assert_eq!(out["indexed"], "L1");
+        assert_eq!(out["computed"], json!(["ada@example.com"]));
+        assert!(out.get("missing").is_none(), "left out");
+        assert_eq!(out["kept"], json!([null]), "in a list it stays");
+        assert_eq!(
+            parse_path("event.a[0].b"),
+            Some(vec![
+                PathSeg::Key("event".into()),
+                PathSeg::Key("a".into()),
+                PathSeg::Index(0),
+                PathSeg::Key("b".into())
+            ])
+        );
+        assert_eq!(parse_path("lead.email|lower"), None);
+        assert_eq!(parse_path("none"), None);
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Templates {
     /// Render `event`. The error says which template failed and why: the event cannot be
     /// rendered, so it is rejected (dead-lettered) with it.
     pub fn render(&self, template: &TemplateRef, event: &Event) -> Result<Rendered, String> {
-        let ctx = nectar_sink::template::context(event, &[]);
+        let ctx = nectar_sink::template::context(event);
         let render = |name: &str| -> Result<String, String> {
             self.env
                 .get_template(name)
