@@ -60,11 +60,7 @@ impl ElasticsearchConnector {
                 headers.insert(AUTHORIZATION, sensitive(&format!("ApiKey {}", key.expose().trim()))?);
             }
         }
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(request_timeout)
-            .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("nectar-sink-elasticsearch/", env!("CARGO_PKG_VERSION")));
+        let mut builder = nectar_sink::http::client_builder(request_timeout).default_headers(headers);
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("target.ca_file: {}: {e}", path.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -360,7 +360,7 @@ impl HttpConnector {
     }
 
     /// The body of one event for `step`, with the idempotency key in place.
-    fn item_body(&self, step: &CompiledStep, ctx: &Scope, key: &str) -> Result<Option<Value>, String> {
+    fn item_body(&self, step: &CompiledStep, ctx: &Scope) -> Result<Option<Value>, String> {
         let Some(body) = &step.body else {
             return Ok(None);
         };
@@ -373,7 +373,6 @@ impl HttpConnector {
                 "the idempotency key at `{pointer}` is not set (the spec's body must set it from item.key)"
             ));
         }
-        let _ = key;
         Ok(Some(value))
     }
 
@@ -510,7 +509,7 @@ impl HttpConnector {
         for step in steps {
             let ctx = self.context(event, Some(item), &answers);
             let rendered = match self
-                .item_body(step, &ctx, key)
+                .item_body(step, &ctx)
                 .and_then(|body| self.render(step, &ctx, body.into_iter().collect(), key))
             {
                 Ok(r) => r,
@@ -590,37 +589,30 @@ impl HttpConnector {
             .map_err(|e| DeliveryError::Fatal(format!("{}: cannot render the batch: {e}", self.origin)))?;
         let size = rendered.body.as_ref().map_or(0, |(b, _)| b.len());
         let too_large = self.spec.limits.max_bytes.is_some_and(|max| size > max);
-        let verdict = if too_large {
-            Verdict::Split
-        } else {
-            match self.send(&rendered, keys[0]).await {
-                Sent::Answered(answer) => {
-                    let verdict = classify(&step.step.answers, &answer, &keys);
-                    return match verdict {
-                        Verdict::Split => Box::pin(self.split(items, bodies, size)).await,
-                        Verdict::Partial(results) => Ok(bodies
-                            .iter()
-                            .zip(results)
-                            .map(|((i, _), r)| {
-                                (
-                                    *i,
-                                    r.map_or(ItemResult::Delivered, |v| {
-                                        single(v, &answer, |r| r).unwrap_or_else(|e| ItemResult::retry(e.to_string()))
-                                    }),
-                                )
-                            })
-                            .collect()),
-                        other => {
-                            let result = single(other, &answer, |r| r)?;
-                            Ok(bodies.iter().map(|(i, _)| (*i, result.clone())).collect())
-                        }
-                    };
-                }
-                Sent::Failed(e) => return Err(e),
-            }
+        if too_large {
+            return Box::pin(self.split(items, bodies, size)).await;
+        }
+        let answer = match self.send(&rendered, keys[0]).await {
+            Sent::Answered(answer) => answer,
+            Sent::Failed(e) => return Err(e),
         };
-        debug_assert_eq!(verdict, Verdict::Split);
-        Box::pin(self.split(items, bodies, size)).await
+        match classify(&step.step.answers, &answer, &keys) {
+            Verdict::Split => Box::pin(self.split(items, bodies, size)).await,
+            Verdict::Partial(results) => Ok(bodies
+                .iter()
+                .zip(results)
+                .map(|((i, _), r)| {
+                    let result = r.map_or(ItemResult::Delivered, |v| {
+                        single(v, &answer, |r| r).unwrap_or_else(|e| ItemResult::retry(e.to_string()))
+                    });
+                    (*i, result)
+                })
+                .collect()),
+            other => {
+                let result = single(other, &answer, |r| r)?;
+                Ok(bodies.iter().map(|(i, _)| (*i, result.clone())).collect())
+            }
+        }
     }
 
     async fn split(
@@ -647,7 +639,7 @@ impl HttpConnector {
         for step in self.steps.iter().chain(self.erasure.iter()) {
             let ctx = self.context(&event, None, &samples);
             let body = self
-                .item_body(step, &ctx, &event.envelope.event_id)
+                .item_body(step, &ctx)
                 .map_err(|e| StartError::Config(format!("{}: {e}", self.origin)))?;
             self.render(step, &ctx, body.into_iter().collect(), &event.envelope.event_id)
                 .map_err(|e| StartError::Config(format!("{}: {e}", self.origin)))?;
@@ -666,10 +658,7 @@ impl HttpConnector {
         }
         let body = if start.start.sample {
             let step = &self.steps[0];
-            let sample = self
-                .item_body(step, &ctx, &event.envelope.event_id)
-                .map_err(config)?
-                .unwrap_or(Value::Null);
+            let sample = self.item_body(step, &ctx).map_err(config)?.unwrap_or(Value::Null);
             self.render(step, &ctx, vec![sample], &event.envelope.event_id)
                 .map_err(config)?
                 .body
@@ -785,7 +774,7 @@ impl Connector for HttpConnector {
                 continue;
             }
             let ctx = self.context(&item.event, Some(item), &[]);
-            match self.item_body(&self.steps[0], &ctx, item.event_id()) {
+            match self.item_body(&self.steps[0], &ctx) {
                 Ok(body) => bodies.push((i, body.unwrap_or(Value::Null))),
                 Err(e) => results[i] = Some(ItemResult::reject(format!("cannot render: {e}"), "")),
             }

@@ -56,10 +56,7 @@ pub struct SlackConnector {
 impl SlackConnector {
     pub fn new(config: SlackConfig, request_timeout: Duration) -> anyhow::Result<Self> {
         let templates = Templates::new(&config).map_err(anyhow::Error::msg)?;
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .user_agent(concat!("nectar-sink-slack/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = nectar_sink::http::client(request_timeout)?;
         let webhook = match (&config.mode, &config.webhook_url) {
             (Mode::Webhook, Some(url)) => {
                 Some(check_webhook_url(url.expose()).map_err(|e| anyhow::anyhow!("target.webhook_url: {e}"))?)
